@@ -1,0 +1,19 @@
+"""metax: a functional meta-learning framework in JAX and Haiku."""
+
+from metax import data
+from metax import energy
+from metax import learner
+from metax import models
+from metax import module
+from metax import utils
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "data",
+    "energy",
+    "learner",
+    "models",
+    "module",
+    "utils",
+]

@@ -1,0 +1,89 @@
+"""Energy functions: losses and regularisers with one signature, summed with `+`.
+
+Every energy is called as
+
+    energy(rng, pred, target, params, hparams, state, hstate, info={}) -> (loss, metrics)
+
+so a data loss (which reads `pred`, `target`) and a regulariser (which reads `params`
+and `hparams`) are interchangeable and `loss_a + loss_b` is again an energy.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class EnergyFunction(abc.ABC):
+    """Base class of all losses and regularisers.
+
+    Args:
+      reduction: how per-element values are combined: "mean", "sum" or "none".
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+        self.reduction = reduction
+
+    def __add__(self, other: EnergyFunction) -> EnergySum:
+        if not isinstance(other, EnergyFunction):
+            return NotImplemented
+        return EnergySum(self, other)
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        rng: Optional[jax.Array],
+        pred: Any,
+        target: Any,
+        params: Any,
+        hparams: Any,
+        state: Any,
+        hstate: Any,
+        info: Optional[dict] = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Returns the scalar energy and a dict of metrics."""
+
+    def _reduce(self, value: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+        """Reduces `value` per `self.reduction`; a mask weights (and counts) elements."""
+        if mask is not None:
+            mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (value.ndim - mask.ndim)), value.shape)
+            value = value * mask
+            if self.reduction == "mean":
+                return jnp.sum(value) / jnp.maximum(jnp.sum(mask), 1)
+        if self.reduction == "mean":
+            return jnp.mean(value)
+        if self.reduction == "sum":
+            return jnp.sum(value)
+        return value
+
+
+class EnergySum(EnergyFunction):
+    """The sum of several energies; metrics are merged (a repeated key gets `_2`, `_3`, ...)."""
+
+    def __init__(self, *energies: EnergyFunction) -> None:
+        super().__init__()
+        flat = []
+        for energy in energies:
+            flat.extend(energy.energies if isinstance(energy, EnergySum) else [energy])
+        self.energies = tuple(flat)
+
+    def __call__(self, rng, pred, target, params, hparams, state, hstate, info=None):
+        rngs = [None] * len(self.energies) if rng is None else jax.random.split(rng, len(self.energies))
+        total, metrics = 0.0, {}
+        for energy, rng_energy in zip(self.energies, rngs):
+            value, energy_metrics = energy(rng_energy, pred, target, params, hparams, state, hstate, info)
+            total = total + value
+            for key, metric in energy_metrics.items():
+                name, count = key, 1
+                while name in metrics:
+                    count += 1
+                    name = f"{key}_{count}"
+                metrics[name] = metric
+        return total, metrics

@@ -1,0 +1,262 @@
+"""`MetaLearner`: the one inner loop, the outer loss and the meta-batch update.
+
+Every learner shares this base. The inner loop (`adapt`) is a single `lax.scan` of an
+optax optimiser over the support set; the outer loss adapts from the module's starting
+params and scores the query set; `update` vmaps a per-task meta-gradient over the task
+axis, averages it and applies the outer optimiser. A learner adds only `grad`, how one
+task's meta-gradient is obtained (backprop through `adapt`, implicit at its end point,
+a contrastive difference, ...).
+"""
+
+import abc
+import functools
+import operator
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metax.data import Dataset, MetaDataset, check_metabatch, get_batch
+from metax.energy import EnergyFunction
+from metax.module.base import HParams, HState, MetaModule, Params, State
+from metax.utils import append_keys, tree_mean_keep_dtype
+
+Metrics = dict[str, jax.Array]
+
+
+class MetaLearnerState(NamedTuple):
+    """The outer loop's state."""
+
+    hparams: HParams  # meta-parameters (pytree of the module's choosing)
+    hstate: HState  # meta-state, averaged over the meta-batch after each update
+    optim: optax.OptState  # state of `optim_fn_outer`
+
+
+class TaskOutcome(NamedTuple):
+    """What adapting to one task leaves behind (all leaves per task)."""
+
+    state: State  # model state after the query-set forward pass
+    params: Params  # adapted params
+    hstate: HState  # meta-state after the query-set forward pass
+
+
+def _check_optimizer(optimizer: Any, argument: str) -> None:
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            f"{argument} must be an optax.GradientTransformation such as optax.sgd(0.01), "
+            f"got {type(optimizer).__name__}."
+        )
+
+
+def _check_steps(steps: Any, argument: str) -> int:
+    try:
+        steps = operator.index(steps)
+    except TypeError:
+        raise TypeError(
+            f"{argument} must be a Python int (the length of the inner loop), got "
+            f"{type(steps).__name__}; under jax.jit mark it static, e.g. "
+            "jax.jit(learner.eval, static_argnames='steps')."
+        ) from None
+    if steps < 0:
+        raise ValueError(f"{argument} must be >= 0, got {steps}.")
+    return steps
+
+
+class MetaLearner(abc.ABC):
+    """Base class of all meta-learning algorithms.
+
+    Args:
+      meta_model: the `MetaModule` whose hparams are meta-learned.
+      batch_size: support samples per inner step; None uses the whole support set
+        (full-batch gradient descent).
+      steps_inner: inner-loop steps during meta-training.
+      optim_fn_inner: optax optimiser of the inner loop (fresh state per task).
+      optim_fn_outer: optax optimiser applied to the averaged meta-gradient.
+      extra_metrics: also report the inner loss and gradient norm after the last inner
+        step (`loss_inner_final`, `gradnorm_inner_final`), at the price of one more
+        forward/backward pass per task. The initial inner loss is always reported: the
+        loop computes it anyway.
+    """
+
+    first_order: bool = False  # stop gradients through inner-loop gradients
+
+    def __init__(
+        self,
+        meta_model: MetaModule,
+        batch_size: Optional[int],
+        steps_inner: int,
+        optim_fn_inner: optax.GradientTransformation,
+        optim_fn_outer: optax.GradientTransformation,
+        *,
+        extra_metrics: bool = False,
+    ) -> None:
+        if not isinstance(meta_model, MetaModule):
+            raise TypeError(f"meta_model must be a metax.module.MetaModule, got {type(meta_model).__name__}.")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be None (full batch) or a positive int, got {batch_size!r}.")
+        _check_optimizer(optim_fn_inner, "optim_fn_inner")
+        _check_optimizer(optim_fn_outer, "optim_fn_outer")
+        self.meta_model = meta_model
+        self.batch_size = batch_size
+        self.steps_inner = _check_steps(steps_inner, "steps_inner")
+        self.optim_fn_inner = optim_fn_inner
+        self.optim_fn_outer = optim_fn_outer
+        self.extra_metrics = extra_metrics
+
+    # -- the model's energies, written once ---------------------------------------------
+
+    def energy(
+        self,
+        loss_fn: EnergyFunction,
+        rng: jax.Array,
+        state: State,
+        hstate: HState,
+        params: Params,
+        hparams: HParams,
+        dataset: Dataset,
+        is_training: bool,
+    ) -> tuple[jax.Array, tuple[tuple[State, HState], Metrics]]:
+        """Applies the module to `dataset.x` and scores it with `loss_fn`."""
+        rng_pred, rng_loss = jax.random.split(rng)
+        pred, (state, hstate) = self.meta_model(rng_pred, state, hstate, params, hparams, dataset.x, is_training)
+        loss, metrics = loss_fn(rng_loss, pred, dataset.y, params, hparams, state, hstate, dataset.info)
+        return loss, ((state, hstate), metrics)
+
+    def inner_loss(self, rng, state, hstate, params, hparams, batch):
+        """The module's inner energy on a support batch (training mode)."""
+        return self.energy(self.meta_model.loss_fn_inner, rng, state, hstate, params, hparams, batch, True)
+
+    # -- the one inner loop -----------------------------------------------------------------
+
+    def inner_optimizer(self, hparams: HParams) -> optax.GradientTransformation:
+        """The optimiser `adapt` runs; a hook for optimisers built from meta-parameters."""
+        del hparams
+        return self.optim_fn_inner
+
+    def adapt(
+        self,
+        rng: jax.Array,
+        state: State,
+        hstate: HState,
+        params: Params,
+        hparams: HParams,
+        dataset: Dataset,
+        steps: int,
+    ) -> tuple[tuple[State, Params], Metrics]:
+        """Runs `steps` inner-optimiser steps on `dataset` (one task's support set).
+
+        Returns:
+          `((state, params), metrics)` with `loss_inner_init` (the loss before the first
+          step) and, with `extra_metrics`, `loss_inner_final` / `gradnorm_inner_final`.
+        """
+        steps = _check_steps(steps, "steps")
+        optimizer = self.inner_optimizer(hparams)
+        grad_fn = jax.value_and_grad(self.inner_loss, argnums=3, has_aux=True)
+
+        def step(carry, rng_step):
+            state, params, opt_state = carry
+            rng_batch, rng_loss = jax.random.split(rng_step)
+            batch = dataset if self.batch_size is None else get_batch(rng_batch, dataset, self.batch_size)
+            (loss, ((state, _), _)), grads = grad_fn(rng_loss, state, hstate, params, hparams, batch)
+            if self.first_order:
+                grads = jax.lax.stop_gradient(grads)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (state, optax.apply_updates(params, updates), opt_state), loss
+
+        rng_steps, rng_final = jax.random.split(rng)
+        carry = (state, params, optimizer.init(params))
+        (state, params, _), losses = jax.lax.scan(step, carry, jax.random.split(rng_steps, steps))
+
+        metrics = {}
+        if steps > 0:
+            metrics["loss_inner_init"] = losses[0]
+        if self.extra_metrics:
+            (loss, _), grads = grad_fn(rng_final, state, hstate, params, hparams, dataset)
+            metrics["loss_inner_final"] = loss
+            metrics["gradnorm_inner_final"] = optax.tree.norm(grads)
+        return (state, params), metrics
+
+    # -- the outer loss -----------------------------------------------------------------
+
+    def outer_loss(
+        self,
+        rng: jax.Array,
+        hstate: HState,
+        hparams: HParams,
+        metadataset: MetaDataset,
+        steps_adapt: int,
+    ) -> tuple[jax.Array, tuple[TaskOutcome, Metrics]]:
+        """One task: start from the module's params, adapt on `train`, score on `test`.
+
+        The query forward pass runs with `is_training=False`, so batch norm uses its
+        running statistics rather than the query batch (no transduction).
+        """
+        rng_reset, rng_adapt, rng_outer = jax.random.split(rng, 3)
+        params, state = self.meta_model.reset_params(rng_reset, hparams, hstate, metadataset.train.x)
+        (state, params), metrics_inner = self.adapt(
+            rng_adapt, state, hstate, params, hparams, metadataset.train, steps_adapt
+        )
+        loss, ((state, hstate), metrics_outer) = self.energy(
+            self.meta_model.loss_fn_outer, rng_outer, state, hstate, params, hparams, metadataset.test, False
+        )
+        metrics = {**append_keys(metrics_outer, "outer"), **metrics_inner}
+        return loss, (TaskOutcome(state, params, hstate), metrics)
+
+    # -- the outer loop -------------------------------------------------------------------
+
+    def reset(self, rng: jax.Array, sample_input: jax.Array) -> MetaLearnerState:
+        """Initial meta-state from one task's support inputs `(samples, *input_shape)`."""
+        hparams, hstate = self.meta_model.reset_hparams(rng, sample_input)
+        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=self.optim_fn_outer.init(hparams))
+
+    @abc.abstractmethod
+    def grad(
+        self, rng: jax.Array, hstate: HState, hparams: HParams, metadataset: MetaDataset
+    ) -> tuple[HParams, HState, Metrics]:
+        """One task's meta-gradient (same tree as hparams), its new hstate and metrics."""
+
+    def update(
+        self, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset
+    ) -> tuple[MetaLearnerState, Metrics]:
+        """One outer step on a meta-batch (leaves `(tasks, samples, ...)`); jit-able."""
+        check_metabatch(metabatch)
+        rngs = jax.random.split(rng, metabatch.train.x.shape[0])
+        batch_grad = jax.vmap(self.grad, in_axes=(0, None, None, 0))
+        hgrads, hstate, metrics = batch_grad(rngs, meta_state.hstate, meta_state.hparams, metabatch)
+        hgrads = jax.tree_util.tree_map(functools.partial(jnp.mean, axis=0), hgrads)
+        return self.apply_meta_gradient(meta_state, hgrads, tree_mean_keep_dtype(hstate), metrics)
+
+    def apply_meta_gradient(
+        self, meta_state: MetaLearnerState, hgrads: HParams, hstate: HState, task_metrics: Metrics
+    ) -> tuple[MetaLearnerState, Metrics]:
+        """Applies the outer optimiser to the averaged meta-gradient `hgrads`."""
+        updates, optim = self.optim_fn_outer.update(hgrads, meta_state.optim, meta_state.hparams)
+        hparams = optax.apply_updates(meta_state.hparams, updates)
+        metrics = {
+            **jax.tree_util.tree_map(functools.partial(jnp.mean, axis=0), task_metrics),
+            "gradnorm_outer": optax.tree.norm(hgrads),
+        }
+        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=optim), metrics
+
+    def eval(
+        self, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset, steps: int
+    ) -> tuple[tuple[State, Params], Metrics]:
+        """Adapts to every task of `metabatch` for `steps` steps and scores the query sets.
+
+        `steps` sets the loop length, so under `jax.jit` it must be static:
+        `jax.jit(learner.eval, static_argnames="steps")`.
+
+        Returns:
+          `((state, params), metrics)`: per-task adapted state and params (leading task
+          axis) and metrics averaged over tasks (`loss_outer` is the mean query loss).
+        """
+        check_metabatch(metabatch)
+        steps = _check_steps(steps, "steps")
+        rngs = jax.random.split(rng, metabatch.train.x.shape[0])
+        outer = functools.partial(self.outer_loss, steps_adapt=steps)
+        _, (outcome, metrics) = jax.vmap(outer, in_axes=(0, None, None, 0))(
+            rngs, meta_state.hstate, meta_state.hparams, metabatch
+        )
+        metrics = jax.tree_util.tree_map(functools.partial(jnp.mean, axis=0), metrics)
+        return (outcome.state, outcome.params), metrics

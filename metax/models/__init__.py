@@ -1,0 +1,15 @@
+"""Haiku networks with the hooks metax modules need."""
+
+from metax.models.conv import Conv4
+from metax.models.conv import ConvBlock
+from metax.models.linear import LinearBlock
+from metax.models.mlp import MultilayerPerceptron
+from metax.models.mlp import mlp_fn
+
+__all__ = [
+    "Conv4",
+    "ConvBlock",
+    "LinearBlock",
+    "MultilayerPerceptron",
+    "mlp_fn",
+]

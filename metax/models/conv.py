@@ -1,0 +1,61 @@
+"""The 4-block convolutional network of few-shot image classification.
+
+Vinyals et al. "Matching Networks for One Shot Learning", NeurIPS 2016: four blocks of
+3x3 convolution, batch norm, ReLU and 2x2 max-pooling, then an optional linear readout.
+"""
+
+from typing import Optional
+
+import haiku as hk
+import jax
+
+
+class ConvBlock(hk.Module):
+    """3x3 conv -> batch norm (optional gain/shift as scale/offset) -> ReLU -> 2x2 max-pool."""
+
+    def __init__(self, channels: int, decay: float = 0.9, max_pool: bool = True, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.channels = channels
+        self.decay = decay
+        self.max_pool = max_pool
+
+    def __call__(self, inputs: jax.Array, is_training: bool, gain=None, shift=None) -> jax.Array:
+        stride = 1 if self.max_pool else 2
+        out = hk.Conv2D(self.channels, kernel_shape=3, stride=stride, name="conv")(inputs)
+        out = hk.BatchNorm(True, True, self.decay, name="norm")(out, is_training, scale=gain, offset=shift)
+        out = jax.nn.relu(out)
+        if self.max_pool:
+            out = hk.max_pool(out, window_shape=2, strides=2, padding="SAME")
+        return out
+
+
+class Conv4(hk.Module):
+    """Four `ConvBlock`s on `(batch, height, width, channels)` images, flattened features out.
+
+    Args:
+      channels: filters per block (64 in the literature, 32 for MAML on miniImageNet).
+      readout: if given, a final linear layer with this many outputs (e.g. the classes).
+    """
+
+    def __init__(
+        self,
+        channels: int = 64,
+        readout: Optional[int] = None,
+        decay: float = 0.9,
+        max_pool: bool = True,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.readout = readout
+        self.blocks = tuple(ConvBlock(channels, decay, max_pool, name=f"block_{i}") for i in range(4))
+
+    def __call__(self, inputs: jax.Array, is_training: bool, gain=None, shift=None) -> jax.Array:
+        if inputs.ndim != 4:
+            raise ValueError(f"Conv4 expects images (batch, height, width, channels), got shape {inputs.shape}.")
+        out = inputs
+        for i, block in enumerate(self.blocks):
+            out = block(out, is_training, None if gain is None else gain[i], None if shift is None else shift[i])
+        out = out.reshape(out.shape[0], -1)
+        if self.readout is not None:
+            out = hk.Linear(self.readout, name="readout")(out)
+        return out

@@ -1,0 +1,39 @@
+"""A linear layer with optional batch norm: the building block of the MLP."""
+
+from typing import Optional
+
+import haiku as hk
+import jax
+
+
+class LinearBlock(hk.Module):
+    """`hk.Linear`, optionally followed by `hk.BatchNorm` (whose statistics are haiku state).
+
+    Args:
+      output_size: number of output units.
+      with_bias: add a bias.
+      batch_norm: normalise the outputs with batch statistics (state carried by haiku).
+      w_init, b_init: haiku initialisers (defaults: haiku's truncated normal / zeros).
+    """
+
+    def __init__(
+        self,
+        output_size: int,
+        with_bias: bool = True,
+        batch_norm: bool = False,
+        w_init: Optional[hk.initializers.Initializer] = None,
+        b_init: Optional[hk.initializers.Initializer] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.output_size = output_size
+        self.with_bias = with_bias
+        self.batch_norm = batch_norm
+        self.w_init = w_init
+        self.b_init = b_init
+
+    def __call__(self, inputs: jax.Array, is_training: bool) -> jax.Array:
+        out = hk.Linear(self.output_size, self.with_bias, self.w_init, self.b_init, name="linear")(inputs)
+        if self.batch_norm:
+            out = hk.BatchNorm(True, True, decay_rate=0.9, name="batch_norm")(out, is_training)
+        return out

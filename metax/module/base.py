@@ -1,0 +1,91 @@
+"""`MetaModule`: what is meta-learned (hparams, hstate) and what is adapted (params, state).
+
+A module is the model side of a meta-learning algorithm. It owns two pairs of pytrees:
+
+- `hparams` / `hstate`: meta-parameters and meta-state, shared by all tasks and trained by
+  the learner's outer loop;
+- `params` / `state`: per-task parameters and model state (e.g. batch-norm statistics),
+  created from the hparams by `reset_params` and adapted by the learner's inner loop.
+
+This mirrors haiku's `transform_with_state` split of parameters and state. Learners never
+look inside a module; they call it and its two losses.
+"""
+
+import abc
+from typing import Any, Optional
+
+import haiku as hk
+import jax
+
+from metax.energy import EnergyFunction
+
+Params = Any
+State = Any
+HParams = Any
+HState = Any
+
+
+class MetaModule(abc.ABC):
+    """Base class of meta-learned models.
+
+    Args:
+      loss_fn_inner: the energy the inner loop minimises over `params` (support set).
+      loss_fn_outer: the energy the outer loop minimises over `hparams` (query set).
+    """
+
+    def __init__(self, loss_fn_inner: EnergyFunction, loss_fn_outer: EnergyFunction) -> None:
+        for name, fn in (("loss_fn_inner", loss_fn_inner), ("loss_fn_outer", loss_fn_outer)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be a metax.energy.EnergyFunction, got {type(fn).__name__}.")
+        self.loss_fn_inner = loss_fn_inner
+        self.loss_fn_outer = loss_fn_outer
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        rng: jax.Array,
+        state: State,
+        hstate: HState,
+        params: Params,
+        hparams: HParams,
+        input: jax.Array,
+        is_training: bool,
+    ) -> tuple[jax.Array, tuple[State, HState]]:
+        """Applies the model to `input` `(samples, *input_shape)`; returns output and new states."""
+
+    @abc.abstractmethod
+    def reset_hparams(self, rng: jax.Array, sample_input: jax.Array) -> tuple[HParams, HState]:
+        """Initial meta-parameters and meta-state."""
+
+    @abc.abstractmethod
+    def reset_params(
+        self, rng: jax.Array, hparams: HParams, hstate: HState, sample_input: jax.Array
+    ) -> tuple[Params, State]:
+        """A task's starting params and state, derived from the meta-parameters."""
+
+
+def as_transformed_with_state(fn: Any, argument: str) -> hk.TransformedWithState:
+    """Accepts `hk.transform_with_state(f)` or `hk.transform(f)` (given empty state).
+
+    Raises:
+      TypeError: if `fn` is neither, naming the constructor `argument`.
+    """
+    if isinstance(fn, hk.TransformedWithState):
+        return fn
+    if isinstance(fn, hk.Transformed):
+        return hk.with_empty_state(fn)
+    raise TypeError(
+        f"{argument} must be a haiku transform of a function f(x, is_training), e.g. "
+        f"hk.transform_with_state(lambda x, is_training: hk.nets.MLP([64, 1])(x)); got "
+        f"{type(fn).__name__}."
+    )
+
+
+def check_output_dim(output: jax.Array, output_dim: Optional[int], argument: str) -> None:
+    """Raises if the network's last output axis is not the declared `output_dim`."""
+    if output_dim is not None and output.shape[-1] != output_dim:
+        raise ValueError(
+            f"output_dim={output_dim} but {argument} produces outputs of shape "
+            f"{tuple(output.shape)}; make the network's last layer {output_dim} wide or "
+            "fix output_dim."
+        )

@@ -1,0 +1,52 @@
+"""Pytree helpers: metric-key suffixes, leading-axis length, dtype-preserving means."""
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+
+def append_keys(metrics: Mapping[str, Any], suffix: str) -> dict[str, Any]:
+    """Returns `metrics` with `_suffix` appended to every key (`loss` -> `loss_outer`)."""
+    return {f"{key}_{suffix}": value for key, value in metrics.items()}
+
+
+def tree_length(tree: Any) -> int:
+    """The shared size of the leading axis of all leaves of `tree`.
+
+    Raises:
+      ValueError: if the tree has no array leaves or the leaves disagree.
+    """
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if jnp.ndim(leaf) > 0]
+    if not leaves:
+        raise ValueError("tree_length needs at least one leaf with a leading axis.")
+    lengths = {leaf.shape[0] for leaf in leaves}
+    if len(lengths) != 1:
+        raise ValueError(f"Leaves disagree on the leading axis: sizes {sorted(lengths)}.")
+    return lengths.pop()
+
+
+def tree_mean_keep_dtype(tree: Any, axis: int = 0) -> Any:
+    """Means every leaf over `axis`, then casts it back to its own dtype.
+
+    Used to reduce per-task model state (batch-norm statistics, step counters) over a
+    meta-batch: a mean of int counters stays an int counter.
+    """
+
+    def mean_same_dtype(leaf):
+        leaf = jnp.asarray(leaf)
+        return jnp.mean(leaf, axis=axis).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map(mean_same_dtype, tree)
+
+
+def get_field(container: Any, key: str) -> Any:
+    """Reads `key` from a NamedTuple (attribute) or a mapping (item)."""
+    if isinstance(container, Mapping):
+        if key not in container:
+            raise KeyError(f"No entry {key!r}; available: {sorted(container)}.")
+        return container[key]
+    if not hasattr(container, key):
+        fields = getattr(container, "_fields", None)
+        raise KeyError(f"No field {key!r} on {type(container).__name__}; fields: {fields}.")
+    return getattr(container, key)

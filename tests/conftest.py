@@ -1,0 +1,53 @@
+"""Shared fixtures: float64 mode for finite-difference checks, tiny regression problems."""
+
+import contextlib
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import pytest
+
+import metax
+
+
+@contextlib.contextmanager
+def x64():
+    """Enables float64 for the duration of a block and restores the previous setting."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def float64():
+    with x64():
+        yield
+
+
+def tiny_mlp(hidden=(4,), output_dim=1, activation=jnp.tanh):
+    """A smooth (tanh) MLP, so finite differences see no kinks."""
+    sizes = tuple(hidden) + (output_dim,)
+    return hk.transform_with_state(
+        lambda x, is_training: metax.models.MultilayerPerceptron(sizes, activation=activation)(x, is_training)
+    )
+
+
+def learned_init(base_learner=None, reg_strength=None):
+    return metax.module.LearnedInit(
+        loss_fn_inner=metax.energy.SquaredError(),
+        loss_fn_outer=metax.energy.SquaredError(),
+        base_learner=tiny_mlp() if base_learner is None else base_learner,
+        reg_strength=reg_strength,
+        output_dim=1,
+    )
+
+
+def sinusoid_batch(seed, tasks, shots_train=6, shots_test=5, dtype=None):
+    sample_task = metax.data.make_task_sampler("sinusoid", shots_train, shots_test)
+    batch = metax.data.sample_metabatch(jax.random.PRNGKey(seed), sample_task, tasks)
+    if dtype is not None:
+        batch = jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, batch)
+    return batch
