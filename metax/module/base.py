@@ -40,6 +40,21 @@ class MetaModule(abc.ABC):
         self.loss_fn_inner = loss_fn_inner
         self.loss_fn_outer = loss_fn_outer
 
+    @property
+    def init_keys(self) -> dict[str, str]:
+        """`{params_field: hparams_field}` for params whose starting value is an hparam.
+
+        Learners that move an initialisation (Reptile) need this to be non-empty; implicit
+        learners refuse to learn these hparams unless `anchors_init` says the inner loss
+        also depends on them (otherwise their implicit gradient is zero).
+        """
+        return {}
+
+    @property
+    def anchors_init(self) -> bool:
+        """True if the inner loss itself pulls params toward their hparams initialisation."""
+        return False
+
     @abc.abstractmethod
     def __call__(
         self,

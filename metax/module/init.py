@@ -60,13 +60,19 @@ class LearnedInit(MetaModule):
         output_dim: Optional[int] = None,
     ) -> None:
         if reg_strength is not None:
-            loss_fn_inner = loss_fn_inner + energy.iMAML(
-                reg_strength, key_map={"base_learner": "base_learner_init"}
-            )
+            loss_fn_inner = loss_fn_inner + energy.iMAML(reg_strength, key_map=self.init_keys)
         super().__init__(loss_fn_inner, loss_fn_outer)
         self.base_learner = as_transformed_with_state(base_learner, "base_learner")
         self.reg_strength = reg_strength
         self.output_dim = output_dim
+
+    @property
+    def init_keys(self) -> dict[str, str]:
+        return {"base_learner": "base_learner_init"}
+
+    @property
+    def anchors_init(self) -> bool:
+        return self.reg_strength is not None
 
     def __call__(self, rng, state, hstate, params, hparams, input, is_training):
         output, new_state = self.base_learner.apply(
