@@ -22,6 +22,11 @@ def _tree_size(tree) -> int:
 
 
 class _TreeRegularizer(EnergyFunction):
+    def __init__(self, reduction: str) -> None:
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"A regulariser reduces to a scalar: reduction must be 'sum' or 'mean', got {reduction!r}.")
+        super().__init__(reduction)
+
     def _reduce_tree(self, tree) -> jax.Array:
         total = _tree_sum(tree)
         return total / _tree_size(tree) if self.reduction == "mean" else total

@@ -11,7 +11,7 @@ a contrastive difference, ...).
 import abc
 import functools
 import operator
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ import optax
 from metax.data import Dataset, MetaDataset, check_metabatch, get_batch
 from metax.energy import EnergyFunction
 from metax.module.base import HParams, HState, MetaModule, Params, State
-from metax.utils import append_keys, tree_mean_keep_dtype
+from metax.utils import append_keys, tree_add, tree_mean_keep_dtype
 
 Metrics = dict[str, jax.Array]
 
@@ -134,6 +134,63 @@ class MetaLearner(abc.ABC):
         del hparams
         return self.optim_fn_inner
 
+    def support_energy(self, hstate: HState, dataset: Dataset) -> Callable:
+        """`energy(rng, state, params, hparams) -> (loss, (state, metrics))` on `dataset`,
+        drawing a minibatch of `batch_size` samples per call when `batch_size` is set."""
+
+        def energy(rng, state, params, hparams):
+            rng_batch, rng_loss = jax.random.split(rng)
+            batch = dataset if self.batch_size is None else get_batch(rng_batch, dataset, self.batch_size)
+            loss, ((state, _), metrics) = self.inner_loss(rng_loss, state, hstate, params, hparams, batch)
+            return loss, (state, metrics)
+
+        return energy
+
+    def descend(
+        self,
+        rng: jax.Array,
+        state: State,
+        params: Params,
+        hparams: HParams,
+        energy: Callable,
+        optimizer: optax.GradientTransformation,
+        steps: int,
+        *,
+        accumulate_hgrads: bool = False,
+    ) -> tuple[State, Params, jax.Array, Optional[HParams]]:
+        """The inner loop: `steps` optimiser steps on `energy`, as one `lax.scan`.
+
+        Every learner's inner optimisation runs here: `adapt` on the support loss,
+        equilibrium propagation's nudged phase on its nudged energy, BufferedReptile with
+        `accumulate_hgrads`, which also sums the partial gradients of `energy` with
+        respect to `hparams` over the steps.
+
+        Args:
+          energy: `energy(rng, state, params, hparams) -> (loss, (state, metrics))`.
+
+        Returns:
+          `(state, params, losses, hgrads_sum)`: final state and params, the loss before
+          each step (shape `(steps,)`), and the summed hparam gradients (or None).
+        """
+        argnums = (2, 3) if accumulate_hgrads else 2
+        grad_fn = jax.value_and_grad(energy, argnums=argnums, has_aux=True)
+
+        def step(carry, rng_step):
+            state, params, opt_state, hgrads_sum = carry
+            (loss, (state, _)), grads = grad_fn(rng_step, state, params, hparams)
+            if accumulate_hgrads:
+                grads, hgrads = grads
+                hgrads_sum = tree_add(hgrads_sum, hgrads)
+            if self.first_order:
+                grads = jax.lax.stop_gradient(grads)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (state, optax.apply_updates(params, updates), opt_state, hgrads_sum), loss
+
+        hgrads_sum = jax.tree_util.tree_map(jnp.zeros_like, hparams) if accumulate_hgrads else None
+        carry = (state, params, optimizer.init(params), hgrads_sum)
+        (state, params, _, hgrads_sum), losses = jax.lax.scan(step, carry, jax.random.split(rng, steps))
+        return state, params, losses, hgrads_sum
+
     def adapt(
         self,
         rng: jax.Array,
@@ -151,33 +208,40 @@ class MetaLearner(abc.ABC):
           step) and, with `extra_metrics`, `loss_inner_final` / `gradnorm_inner_final`.
         """
         steps = _check_steps(steps, "steps")
-        optimizer = self.inner_optimizer(hparams)
-        grad_fn = jax.value_and_grad(self.inner_loss, argnums=3, has_aux=True)
-
-        def step(carry, rng_step):
-            state, params, opt_state = carry
-            rng_batch, rng_loss = jax.random.split(rng_step)
-            batch = dataset if self.batch_size is None else get_batch(rng_batch, dataset, self.batch_size)
-            (loss, ((state, _), _)), grads = grad_fn(rng_loss, state, hstate, params, hparams, batch)
-            if self.first_order:
-                grads = jax.lax.stop_gradient(grads)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (state, optax.apply_updates(params, updates), opt_state), loss
-
         rng_steps, rng_final = jax.random.split(rng)
-        carry = (state, params, optimizer.init(params))
-        (state, params, _), losses = jax.lax.scan(step, carry, jax.random.split(rng_steps, steps))
+        energy = self.support_energy(hstate, dataset)
+        state, params, losses, _ = self.descend(
+            rng_steps, state, params, hparams, energy, self.inner_optimizer(hparams), steps
+        )
+        return (state, params), self.inner_metrics(rng_final, state, hstate, params, hparams, dataset, losses)
 
-        metrics = {}
-        if steps > 0:
-            metrics["loss_inner_init"] = losses[0]
+    def inner_metrics(self, rng, state, hstate, params, hparams, dataset, losses) -> Metrics:
+        """`loss_inner_init` from the loop's own losses; the final ones only on request."""
+        metrics = {"loss_inner_init": losses[0]} if losses.shape[0] > 0 else {}
         if self.extra_metrics:
-            (loss, _), grads = grad_fn(rng_final, state, hstate, params, hparams, dataset)
+            grad_fn = jax.value_and_grad(self.inner_loss, argnums=3, has_aux=True)
+            (loss, _), grads = grad_fn(rng, state, hstate, params, hparams, dataset)
             metrics["loss_inner_final"] = loss
             metrics["gradnorm_inner_final"] = optax.tree.norm(grads)
-        return (state, params), metrics
+        return metrics
 
     # -- the outer loss -----------------------------------------------------------------
+
+    def adapt_task(
+        self, rng: jax.Array, hstate: HState, hparams: HParams, dataset: Dataset, steps: int
+    ) -> tuple[State, Params, Metrics]:
+        """Starts from the module's params for this task and adapts them on `dataset`."""
+        rng_reset, rng_adapt = jax.random.split(rng)
+        params, state = self.meta_model.reset_params(rng_reset, hparams, hstate, dataset.x)
+        (state, params), metrics = self.adapt(rng_adapt, state, hstate, params, hparams, dataset, steps)
+        return state, params, metrics
+
+    def query_energy(
+        self, rng: jax.Array, state: State, hstate: HState, params: Params, hparams: HParams, dataset: Dataset
+    ) -> tuple[jax.Array, tuple[tuple[State, HState], Metrics]]:
+        """The outer loss on a query set. It runs with `is_training=False`, so batch norm
+        uses its running statistics rather than the query batch (no transduction)."""
+        return self.energy(self.meta_model.loss_fn_outer, rng, state, hstate, params, hparams, dataset, False)
 
     def outer_loss(
         self,
@@ -187,18 +251,11 @@ class MetaLearner(abc.ABC):
         metadataset: MetaDataset,
         steps_adapt: int,
     ) -> tuple[jax.Array, tuple[TaskOutcome, Metrics]]:
-        """One task: start from the module's params, adapt on `train`, score on `test`.
-
-        The query forward pass runs with `is_training=False`, so batch norm uses its
-        running statistics rather than the query batch (no transduction).
-        """
-        rng_reset, rng_adapt, rng_outer = jax.random.split(rng, 3)
-        params, state = self.meta_model.reset_params(rng_reset, hparams, hstate, metadataset.train.x)
-        (state, params), metrics_inner = self.adapt(
-            rng_adapt, state, hstate, params, hparams, metadataset.train, steps_adapt
-        )
-        loss, ((state, hstate), metrics_outer) = self.energy(
-            self.meta_model.loss_fn_outer, rng_outer, state, hstate, params, hparams, metadataset.test, False
+        """One task: adapt on `train`, score on `test`; differentiable in `hparams`."""
+        rng_adapt, rng_outer = jax.random.split(rng)
+        state, params, metrics_inner = self.adapt_task(rng_adapt, hstate, hparams, metadataset.train, steps_adapt)
+        loss, ((state, hstate), metrics_outer) = self.query_energy(
+            rng_outer, state, hstate, params, hparams, metadataset.test
         )
         metrics = {**append_keys(metrics_outer, "outer"), **metrics_inner}
         return loss, (TaskOutcome(state, params, hstate), metrics)

@@ -22,10 +22,12 @@ class ConvBlock(hk.Module):
     def __call__(self, inputs: jax.Array, is_training: bool, gain=None, shift=None) -> jax.Array:
         stride = 1 if self.max_pool else 2
         out = hk.Conv2D(self.channels, kernel_shape=3, stride=stride, name="conv")(inputs)
-        out = hk.BatchNorm(True, True, self.decay, name="norm")(out, is_training, scale=gain, offset=shift)
+        # Given gains/shifts replace batch norm's own learned scale/offset.
+        norm = hk.BatchNorm(gain is None, shift is None, self.decay, name="norm")
+        out = norm(out, is_training, scale=gain, offset=shift)
         out = jax.nn.relu(out)
         if self.max_pool:
-            out = hk.max_pool(out, window_shape=2, strides=2, padding="SAME")
+            out = hk.max_pool(out, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1), padding="SAME")
         return out
 
 

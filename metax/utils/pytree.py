@@ -50,3 +50,23 @@ def get_field(container: Any, key: str) -> Any:
         fields = getattr(container, "_fields", None)
         raise KeyError(f"No field {key!r} on {type(container).__name__}; fields: {fields}.")
     return getattr(container, key)
+
+
+def set_field(container: Any, key: str, value: Any) -> Any:
+    """A copy of a NamedTuple or mapping with `key` replaced by `value`."""
+    get_field(container, key)  # same error as a read for a missing key
+    if isinstance(container, Mapping):
+        return {**container, key: value}
+    return container._replace(**{key: value})
+
+
+def tree_add(a: Any, b: Any) -> Any:
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def tree_sub(a: Any, b: Any) -> Any:
+    return jax.tree_util.tree_map(jnp.subtract, a, b)
+
+
+def tree_scale(tree: Any, factor: Any) -> Any:
+    return jax.tree_util.tree_map(lambda leaf: leaf * factor, tree)
