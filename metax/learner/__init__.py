@@ -3,13 +3,39 @@
 from metax.learner.base import MetaLearner
 from metax.learner.base import MetaLearnerState
 from metax.learner.base import TaskOutcome
+from metax.learner.eqprop import EquilibriumPropagation
+from metax.learner.eqprop import SymmetricEquilibriumPropagation
+from metax.learner.implicit import ConjugateGradient
+from metax.learner.implicit import ImplicitDifferentiation
+from metax.learner.implicit import RecurrentBackpropagation
+from metax.learner.implicit import T1T2
+from metax.learner.linear_solve import solve_bicgstab
+from metax.learner.linear_solve import solve_cg
+from metax.learner.linear_solve import solve_gmres
+from metax.learner.linear_solve import solve_identity
+from metax.learner.linear_solve import solve_neumann
 from metax.learner.maml import MAML
 from metax.learner.maml import ModelAgnosticMetaLearning
+from metax.learner.reptile import BufferedReptile
+from metax.learner.reptile import Reptile
 
 __all__ = [
+    "BufferedReptile",
+    "ConjugateGradient",
+    "EquilibriumPropagation",
+    "ImplicitDifferentiation",
     "MAML",
     "MetaLearner",
     "MetaLearnerState",
     "ModelAgnosticMetaLearning",
+    "RecurrentBackpropagation",
+    "Reptile",
+    "SymmetricEquilibriumPropagation",
+    "T1T2",
     "TaskOutcome",
+    "solve_bicgstab",
+    "solve_cg",
+    "solve_gmres",
+    "solve_identity",
+    "solve_neumann",
 ]

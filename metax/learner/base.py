@@ -317,3 +317,25 @@ class MetaLearner(abc.ABC):
         )
         metrics = jax.tree_util.tree_map(functools.partial(jnp.mean, axis=0), metrics)
         return (outcome.state, outcome.params), metrics
+
+
+def check_implicit_compatible(learner: MetaLearner) -> None:
+    """Refuses modules with hparams that act only through the inner loop's starting point.
+
+    Learners that differentiate at the inner loop's end point (implicit, equilibrium
+    propagation) see no dependence of that end point on an initialisation unless the
+    inner loss itself pulls toward it, so such hparams would silently never learn.
+
+    Raises:
+      ValueError: naming the hparams and what to use instead.
+    """
+    module = learner.meta_model
+    if module.init_keys and not module.anchors_init:
+        fields = ", ".join(repr(h) for h in module.init_keys.values())
+        raise ValueError(
+            f"{type(learner).__name__} differentiates at the inner loop's end point, where "
+            f"{type(module).__name__}'s hparams {fields} have no effect: they only set the "
+            "optimiser's starting point. Add a pull toward them in the inner loss (e.g. "
+            "LearnedInit(..., reg_strength=1.0), iMAML) or use ModelAgnosticMetaLearning, "
+            "Reptile or Evosax."
+        )

@@ -1,0 +1,140 @@
+"""Implicit differentiation at the inner loop's end point: CG (iMAML), RBP and T1-T2.
+
+At a minimum params* of the inner loss L_in(params, hparams), the implicit function
+theorem gives the meta-gradient of the outer loss L_out(params*, hparams) as
+
+    dL_out/dhparams = d_h L_out - (d_p d_h L_in)^T H^{-1} d_p L_out,   H = d_p^2 L_in,
+
+whatever path the inner optimiser took. The learners below differ only in how they
+approximate x = H^{-1} d_p L_out, a `solve(matvec, b)` over Hessian-vector products; no
+Hessian is ever materialised.
+
+- `ConjugateGradient`: iMAML, Rajeswaran, Finn, Kakade, Levine, NeurIPS 2019,
+  https://arxiv.org/abs/1909.04630 (CG, or GMRES / BiCGSTAB).
+- `RecurrentBackpropagation`: Liao et al., ICML 2018, https://arxiv.org/abs/1803.06396
+  (a Neumann series).
+- `T1T2`: Luketina, Berglund, Greff, Raiko, ICML 2016,
+  https://proceedings.mlr.press/v48/luketina16.html (H^{-1} replaced by the identity).
+"""
+
+from typing import Any, Optional
+
+import jax
+import optax
+
+from metax.learner.base import MetaLearner, check_implicit_compatible
+from metax.learner.linear_solve import LinearSolve, get_linear_solver, solve_identity, solve_neumann
+from metax.module.base import MetaModule
+from metax.utils import append_keys, tree_add, tree_scale, tree_sub
+
+
+class ImplicitDifferentiation(MetaLearner):
+    """Base of the implicit learners; a subclass supplies only `linear_solve`.
+
+    Raises:
+      ValueError: at construction, for a module with hparams that act only through the
+        inner loop's starting point (their implicit gradient is zero).
+    """
+
+    linear_solve: LinearSolve = staticmethod(solve_identity)
+
+    def __init__(self, meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, *, extra_metrics=False):
+        super().__init__(
+            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics=extra_metrics
+        )
+        check_implicit_compatible(self)
+
+    def hessian_matvec(self, matvec):
+        """The operator handed to the solver; a hook for damping and regularisation."""
+        return matvec
+
+    def grad(self, rng, hstate, hparams, metadataset):
+        rng_adapt, rng_outer, rng_inner = jax.random.split(rng, 3)
+        train, test = metadataset.train, metadataset.test
+        state, params, metrics_inner = self.adapt_task(rng_adapt, hstate, hparams, train, self.steps_inner)
+
+        outer = lambda p, h: self.query_energy(rng_outer, state, hstate, p, h, test)
+        (_, ((_, new_hstate), metrics_outer)), (grad_params, grad_direct) = jax.value_and_grad(
+            outer, argnums=(0, 1), has_aux=True
+        )(params, hparams)
+
+        # d_p L_in on the whole support set, as a function of (params, hparams).
+        inner_grad = jax.grad(lambda p, h: self.inner_loss(rng_inner, state, hstate, p, h, train)[0])
+        _, hvp = jax.linearize(lambda p: inner_grad(p, hparams), params)
+        inverse_hvp = self.linear_solve(self.hessian_matvec(hvp), grad_params)
+        _, mixed_vjp = jax.vjp(lambda h: inner_grad(params, h), hparams)
+        hgrads = tree_sub(grad_direct, mixed_vjp(inverse_hvp)[0])
+        return hgrads, new_hstate, {**append_keys(metrics_outer, "outer"), **metrics_inner}
+
+
+class ConjugateGradient(ImplicitDifferentiation):
+    """iMAML-style implicit gradients with an iterative linear solver.
+
+    Solves `(H / cg_damping + cg_reg * I) x = d_p L_out`; with the defaults this is the
+    exact `H x = d_p L_out`.
+
+    Args:
+      meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics:
+        see `MetaLearner`.
+      steps_cg: solver iterations.
+      cg_damping: divides the Hessian (metax's convention).
+      cg_reg: Tikhonov term added to the scaled Hessian.
+      linsolver: "cg", "gmres", "bicgstab", or a function `solve(matvec, b) -> x`.
+    """
+
+    def __init__(
+        self,
+        meta_model: MetaModule,
+        batch_size: Optional[int],
+        steps_inner: int,
+        steps_cg: int,
+        optim_fn_inner: optax.GradientTransformation,
+        optim_fn_outer: optax.GradientTransformation,
+        cg_damping: float = 1.0,
+        cg_reg: float = 0.0,
+        linsolver: Any = "cg",
+        *,
+        extra_metrics: bool = False,
+    ) -> None:
+        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics=extra_metrics)
+        if not cg_damping > 0:
+            raise ValueError(f"cg_damping must be > 0, got {cg_damping}.")
+        if cg_reg < 0:
+            raise ValueError(f"cg_reg must be >= 0, got {cg_reg}.")
+        self.steps_cg = steps_cg
+        self.cg_damping = cg_damping
+        self.cg_reg = cg_reg
+        self.linear_solve = get_linear_solver(linsolver, steps_cg)
+
+    def hessian_matvec(self, matvec):
+        return lambda v: tree_add(tree_scale(matvec(v), 1.0 / self.cg_damping), tree_scale(v, self.cg_reg))
+
+
+class RecurrentBackpropagation(ImplicitDifferentiation):
+    """Implicit gradients with H^{-1} from `steps_rbp` terms of a Neumann series of step `alpha`."""
+
+    def __init__(
+        self,
+        meta_model: MetaModule,
+        batch_size: Optional[int],
+        steps_inner: int,
+        steps_rbp: int,
+        optim_fn_inner: optax.GradientTransformation,
+        optim_fn_outer: optax.GradientTransformation,
+        alpha: float,
+        *,
+        extra_metrics: bool = False,
+    ) -> None:
+        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics=extra_metrics)
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0 (the Neumann step), got {alpha}.")
+        self.steps_rbp = steps_rbp
+        self.alpha = alpha
+        self.linear_solve = solve_neumann(steps_rbp, alpha)
+
+
+class T1T2(ImplicitDifferentiation):
+    """Implicit gradients with the identity for H^{-1}: d_h L_out - (d_p d_h L_in)^T d_p L_out.
+
+    Same arguments as `MetaLearner`.
+    """

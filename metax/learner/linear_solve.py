@@ -1,0 +1,86 @@
+"""Linear solvers `solve(matvec, b) -> x` for implicit meta-gradients.
+
+Implicit learners need x = H^{-1} v with H the Hessian of the inner loss at the adapted
+params, available only through Hessian-vector products `matvec`. Every solver here has
+the same shape, so a learner takes any of them (or a user's own) as a value.
+"""
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from metax.utils import tree_add, tree_scale, tree_sub
+
+MatVec = Callable[[Any], Any]
+LinearSolve = Callable[[MatVec, Any], Any]
+
+
+def _scipy_solver(name: str, maxiter: int, **kwargs) -> LinearSolve:
+    method = getattr(jax.scipy.sparse.linalg, name)
+
+    def solve(matvec: MatVec, b: Any) -> Any:
+        # Zero start, as the iMAML and RBP reference implementations use.
+        return method(matvec, b, maxiter=maxiter, **kwargs)[0]
+
+    return solve
+
+
+def solve_cg(maxiter: int, tol: float = 1e-10) -> LinearSolve:
+    """Conjugate gradient (H symmetric positive definite), at most `maxiter` iterations."""
+    return _scipy_solver("cg", maxiter, tol=tol)
+
+
+def solve_gmres(maxiter: int, tol: float = 1e-10) -> LinearSolve:
+    """GMRES (any non-singular H), at most `maxiter` restarts."""
+    return _scipy_solver("gmres", maxiter, tol=tol)
+
+
+def solve_bicgstab(maxiter: int, tol: float = 1e-10) -> LinearSolve:
+    """BiCGSTAB (any non-singular H), at most `maxiter` iterations."""
+    return _scipy_solver("bicgstab", maxiter, tol=tol)
+
+
+def solve_neumann(steps: int, alpha: float) -> LinearSolve:
+    """Truncated Neumann series x = alpha * sum_{k=0}^{steps} (I - alpha H)^k b.
+
+    The recurrent backpropagation approximation (Liao et al., 2018); converges to H^{-1} b
+    when the spectrum of alpha H lies in (0, 2).
+    """
+
+    def solve(matvec: MatVec, b: Any) -> Any:
+        def step(carry, _):
+            term, total = carry
+            term = tree_sub(term, tree_scale(matvec(term), alpha))
+            return (term, tree_add(total, term)), None
+
+        (_, total), _ = jax.lax.scan(step, (b, b), None, length=steps)
+        return tree_scale(total, alpha)
+
+    return solve
+
+
+def solve_identity(matvec: MatVec, b: Any) -> Any:
+    """H^{-1} ~ I: the T1-T2 approximation (Luketina et al., 2016)."""
+    del matvec
+    return b
+
+
+LINEAR_SOLVERS: dict[str, Callable[..., LinearSolve]] = {
+    "cg": solve_cg,
+    "gmres": solve_gmres,
+    "bicgstab": solve_bicgstab,
+}
+
+
+def get_linear_solver(linsolver: Any, maxiter: int) -> LinearSolve:
+    """A solver from a name in `LINEAR_SOLVERS` (metax's strings) or a `solve` callable."""
+    if callable(linsolver):
+        return linsolver
+    if linsolver not in LINEAR_SOLVERS:
+        raise ValueError(
+            f"Unknown linsolver {linsolver!r}; use one of {sorted(LINEAR_SOLVERS)} or a "
+            "function solve(matvec, b) -> x."
+        )
+    return LINEAR_SOLVERS[linsolver](maxiter)
