@@ -5,6 +5,8 @@ from metax.learner.base import MetaLearnerState
 from metax.learner.base import TaskOutcome
 from metax.learner.eqprop import EquilibriumPropagation
 from metax.learner.eqprop import SymmetricEquilibriumPropagation
+from metax.learner.evolution import Evosax
+from metax.learner.evolution import EvolutionState
 from metax.learner.implicit import ConjugateGradient
 from metax.learner.implicit import ImplicitDifferentiation
 from metax.learner.implicit import RecurrentBackpropagation
@@ -23,6 +25,8 @@ __all__ = [
     "BufferedReptile",
     "ConjugateGradient",
     "EquilibriumPropagation",
+    "Evosax",
+    "EvolutionState",
     "ImplicitDifferentiation",
     "MAML",
     "MetaLearner",
