@@ -2,9 +2,11 @@
 
 from metax import data
 from metax import energy
+from metax import kernel
 from metax import learner
 from metax import models
 from metax import module
+from metax import tilt
 from metax import utils
 
 __version__ = "0.1.0"
@@ -12,8 +14,10 @@ __version__ = "0.1.0"
 __all__ = [
     "data",
     "energy",
+    "kernel",
     "learner",
     "models",
     "module",
+    "tilt",
     "utils",
 ]

@@ -19,6 +19,7 @@ import optax
 
 from metax.data import Dataset, MetaDataset, check_metabatch, get_batch
 from metax.energy import EnergyFunction
+from metax.kernel.base import WithLearnedOptimizer, is_learned_optimizer
 from metax.module.base import HParams, HState, MetaModule, Params, State
 from metax.utils import append_keys, tree_add, tree_mean_keep_dtype
 
@@ -80,6 +81,7 @@ class MetaLearner(abc.ABC):
     """
 
     first_order: bool = False  # stop gradients through inner-loop gradients
+    can_learn_optimizer: bool = False  # does the meta-gradient pass through inner updates?
 
     def __init__(
         self,
@@ -95,11 +97,17 @@ class MetaLearner(abc.ABC):
             raise TypeError(f"meta_model must be a metax.module.MetaModule, got {type(meta_model).__name__}.")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be None (full batch) or a positive int, got {batch_size!r}.")
-        _check_optimizer(optim_fn_inner, "optim_fn_inner")
         _check_optimizer(optim_fn_outer, "optim_fn_outer")
+        self.steps_inner = _check_steps(steps_inner, "steps_inner")
+        self.learned_optimizer = None
+        if is_learned_optimizer(optim_fn_inner):
+            self._check_learnable(optim_fn_inner)
+            self.learned_optimizer = optim_fn_inner
+            meta_model = WithLearnedOptimizer(meta_model, optim_fn_inner)
+        else:
+            _check_optimizer(optim_fn_inner, "optim_fn_inner")
         self.meta_model = meta_model
         self.batch_size = batch_size
-        self.steps_inner = _check_steps(steps_inner, "steps_inner")
         self.optim_fn_inner = optim_fn_inner
         self.optim_fn_outer = optim_fn_outer
         self.extra_metrics = extra_metrics
@@ -129,10 +137,28 @@ class MetaLearner(abc.ABC):
 
     # -- the one inner loop -----------------------------------------------------------------
 
+    def _check_learnable(self, learned_optimizer: Any) -> None:
+        name = type(learned_optimizer).__name__
+        if not self.can_learn_optimizer:
+            raise ValueError(
+                f"{type(self).__name__} cannot learn the inner optimiser {name}: its "
+                "meta-gradient does not pass through the inner updates, so the optimiser's "
+                "parameters would never change. Use ModelAgnosticMetaLearning (first_order=True "
+                "works too) or Evosax, or pass a plain optax optimiser."
+            )
+        num_steps = getattr(learned_optimizer, "num_steps", None)
+        if num_steps is not None and num_steps < self.steps_inner:
+            raise ValueError(
+                f"{name} has a per-step schedule of num_steps={num_steps}, shorter than "
+                f"steps_inner={self.steps_inner}; make num_steps >= steps_inner."
+            )
+
     def inner_optimizer(self, hparams: HParams) -> optax.GradientTransformation:
-        """The optimiser `adapt` runs; a hook for optimisers built from meta-parameters."""
-        del hparams
-        return self.optim_fn_inner
+        """The optimiser `adapt` runs: `optim_fn_inner`, or the learned optimiser built
+        from the theta that travels in `hparams.optimizer`."""
+        if self.learned_optimizer is None:
+            return self.optim_fn_inner
+        return self.learned_optimizer.optimizer(hparams.optimizer)
 
     def support_energy(self, hstate: HState, dataset: Dataset) -> Callable:
         """`energy(rng, state, params, hparams) -> (loss, (state, metrics))` on `dataset`,
@@ -208,6 +234,12 @@ class MetaLearner(abc.ABC):
           step) and, with `extra_metrics`, `loss_inner_final` / `gradnorm_inner_final`.
         """
         steps = _check_steps(steps, "steps")
+        num_steps = getattr(self.learned_optimizer, "num_steps", None)
+        if num_steps is not None and steps > num_steps:
+            raise ValueError(
+                f"{type(self.learned_optimizer).__name__} has a schedule of {num_steps} steps but "
+                f"the inner loop was asked for {steps}; evaluate with steps <= {num_steps}."
+            )
         rng_steps, rng_final = jax.random.split(rng)
         energy = self.support_energy(hstate, dataset)
         state, params, losses, _ = self.descend(

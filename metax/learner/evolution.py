@@ -104,6 +104,8 @@ class Evosax(MetaLearner):
       ...     algorithm="Open_ES", evosax_kwargs={"population_size": 16, "std_schedule": optax.constant_schedule(0.05)})
     """
 
+    can_learn_optimizer = True
+
     def __init__(
         self,
         meta_model: MetaModule,
@@ -123,7 +125,7 @@ class Evosax(MetaLearner):
             raise ValueError(f"report must be 'mean' or 'best', got {report!r}.")
         cls = strategy_class(algorithm)
         self.input_shape = tuple(input_shape)
-        template, _ = meta_model.reset_hparams(jax.random.PRNGKey(0), jnp.zeros((1,) + self.input_shape))
+        template, _ = self.meta_model.reset_hparams(jax.random.PRNGKey(0), jnp.zeros((1,) + self.input_shape))
         kwargs, param_overrides, self.init_std = _translate_kwargs(cls, dict(evosax_kwargs or {}))
         self.strategy = cls(solution=template, **kwargs)
         self.population_based = not hasattr(self.strategy, "get_mean")

@@ -34,6 +34,8 @@ class ModelAgnosticMetaLearning(MetaLearner):
       >>> meta_state, metrics = jax.jit(learner.update)(rng, meta_state, metabatch)
     """
 
+    can_learn_optimizer = True
+
     def __init__(
         self,
         meta_model: MetaModule,
