@@ -157,3 +157,38 @@ def test_bad_learned_optimizer_input():
     wrong = {"base_learner": {"other/linear": {"w": jnp.zeros((1, 1))}}}
     with pytest.raises(ValueError, match=r"theta does not match the parameter tree \(params.*has no entry"):
         learner.learned_optimizer.optimizer(wrong).init(meta_state.hparams.module.base_learner_init)
+
+
+def test_truncated_rate_gradient_equals_restarting_from_a_constant(float64):
+    """d/dlr with truncation=2 of a 4-step loop == d/dlr of 2 steps started from the
+    (constant) params the first 2 steps reach."""
+    learner = maml(metax.kernel.ScalarLR(0.05), steps=4)
+    task = one_task(sinusoid_batch(21, 1, dtype=jnp.float64))
+    meta_state = learner.reset(jax.random.PRNGKey(0), task.train.x)
+    energy = learner.support_energy(meta_state.hstate, task.train)
+    p0, state = learner.meta_model.reset_params(jax.random.PRNGKey(0), meta_state.hparams, meta_state.hstate, task.train.x)
+    rng = jax.random.PRNGKey(3)
+    rngs = jax.random.split(rng, 4)
+    h = meta_state.hparams
+
+    def truncated(theta):
+        hp = h._replace(optimizer=theta)
+        opt = learner.inner_optimizer(hp)
+        _, adapted, _, _ = learner.descend(rng, state, p0, hp, energy, opt, 4, truncation=2)
+        return learner.query_energy(rng, state, meta_state.hstate, adapted, hp, task.test)[0]
+
+    def restarted(theta):
+        hp = h._replace(optimizer=theta)
+        opt = learner.inner_optimizer(hp)
+        params = p0
+        for i in range(4):
+            if i == 2:
+                params = jax.lax.stop_gradient(params)
+            grads = jax.grad(lambda p: energy(rngs[i], state, p, hp)[0])(params)
+            updates, _ = opt.update(grads, opt.init(params), params)
+            params = optax.apply_updates(params, updates)
+        return learner.query_energy(rng, state, meta_state.hstate, params, hp, task.test)[0]
+
+    theta = h.optimizer
+    np.testing.assert_allclose(jax.grad(truncated)(theta), jax.grad(restarted)(theta), rtol=1e-10)
+    assert abs(float(jax.grad(truncated)(theta))) > 1e-6

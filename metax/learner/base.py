@@ -183,6 +183,8 @@ class MetaLearner(abc.ABC):
         steps: int,
         *,
         accumulate_hgrads: bool = False,
+        truncation: Optional[int] = None,
+        remat: bool = False,
     ) -> tuple[State, Params, jax.Array, Optional[HParams]]:
         """The inner loop: `steps` optimiser steps on `energy`, as one `lax.scan`.
 
@@ -193,6 +195,11 @@ class MetaLearner(abc.ABC):
 
         Args:
           energy: `energy(rng, state, params, hparams) -> (loss, (state, metrics))`.
+          truncation: if set, meta-gradients flow only through the last `truncation`
+            steps (truncated backpropagation through the loop).
+          remat: recompute each step's activations in the backward pass instead of
+            storing them (`jax.checkpoint`): memory O(1) in the steps for ~1 extra
+            forward pass.
 
         Returns:
           `(state, params, losses, hgrads_sum)`: final state and params, the loss before
@@ -201,7 +208,18 @@ class MetaLearner(abc.ABC):
         argnums = (2, 3) if accumulate_hgrads else 2
         grad_fn = jax.value_and_grad(energy, argnums=argnums, has_aux=True)
 
-        def step(carry, rng_step):
+        if truncation is not None and not 1 <= truncation <= steps:
+            raise ValueError(
+                f"truncation={truncation} must lie in [1, {steps}], the inner loop's length; "
+                "use None to backpropagate through every step."
+            )
+        cut = None if truncation is None or truncation == steps else steps - truncation
+
+        def step(carry, inputs):
+            index, rng_step = inputs
+            if cut is not None:
+                # Gradients reach the carry only from the last `truncation` steps.
+                carry = jax.lax.cond(index == cut, jax.lax.stop_gradient, lambda c: c, carry)
             state, params, opt_state, hgrads_sum = carry
             (loss, (state, _)), grads = grad_fn(rng_step, state, params, hparams)
             if accumulate_hgrads:
@@ -214,7 +232,9 @@ class MetaLearner(abc.ABC):
 
         hgrads_sum = jax.tree_util.tree_map(jnp.zeros_like, hparams) if accumulate_hgrads else None
         carry = (state, params, optimizer.init(params), hgrads_sum)
-        (state, params, _, hgrads_sum), losses = jax.lax.scan(step, carry, jax.random.split(rng, steps))
+        body = jax.checkpoint(step) if remat else step
+        inputs = (jnp.arange(steps), jax.random.split(rng, steps))
+        (state, params, _, hgrads_sum), losses = jax.lax.scan(body, carry, inputs)
         return state, params, losses, hgrads_sum
 
     def adapt(
