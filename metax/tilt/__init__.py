@@ -35,12 +35,12 @@ from .schedules import make_levels as make_levels
 from . import metrics as metrics
 
 __all__ = [
-    "PC_SAMPLERS",
-    "SAMPLERS",
-    "SCHEDULES",
     "GaussianTilt",
     "LangevinState",
     "Levels",
+    "PC_SAMPLERS",
+    "SAMPLERS",
+    "SCHEDULES",
     "SamplerConfig",
     "SamplerResult",
     "TiltParams",
