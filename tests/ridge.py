@@ -8,7 +8,6 @@ hypergradient is dL_out(w*)/dtheta = lam A^{-1} (2/m X'^T (X' w* - y')).
 """
 
 import haiku as hk
-import jax
 import jax.numpy as jnp
 import numpy as np
 

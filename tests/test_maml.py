@@ -1,6 +1,5 @@
 """MAML meta-gradients against finite differences, first-order identity, batching, jit."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

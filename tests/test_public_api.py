@@ -31,6 +31,10 @@ SIGNATURES = {
     "learner.T1T2": ["meta_model", "batch_size", "steps_inner", "optim_fn_inner", "optim_fn_outer"],
     "learner.Evosax": ["meta_model", "batch_size", "steps_inner", "optim_fn_inner", "input_shape", "algorithm", "evosax_kwargs"],
     "module.LearnedInit": ["loss_fn_inner", "loss_fn_outer", "base_learner", "reg_strength", "output_dim"],
+    "module.AlmostNoInnerLoop": ["loss_fn_inner", "loss_fn_outer", "body", "output_dim"],
+    "module.CAVIA": ["loss_fn_inner", "loss_fn_outer", "base_model", "embedding_dim"],
+    "module.GainMod": ["loss_fn_inner", "loss_fn_outer", "body", "hidden_dims", "output_dim", "adapt_head", "reg_strength"],
+    "module.ComplexSynapse": ["loss_fn_inner", "loss_fn_outer", "base_learner", "l2_reg", "l2_fixed"],
 }
 
 

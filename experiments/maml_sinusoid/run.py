@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -17,7 +17,6 @@ import tempfile
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 import optax
 from tqdm import tqdm
 

@@ -10,7 +10,7 @@ Rates are stored raw and mapped to the rate by a parameterisation: "identity" (t
 value is the rate, may turn negative), "softplus" or "log" (both keep it positive).
 """
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

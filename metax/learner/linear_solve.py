@@ -5,11 +5,9 @@ params, available only through Hessian-vector products `matvec`. Every solver he
 the same shape, so a learner takes any of them (or a user's own) as a value.
 """
 
-import functools
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 from metax.utils import tree_add, tree_scale, tree_sub
 

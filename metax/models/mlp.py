@@ -4,7 +4,6 @@ from typing import Callable, Optional, Sequence
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 
 from metax.models.linear import LinearBlock
 

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import haiku as hk
 import jax
+import jax.numpy as jnp
 
 from metax.energy import EnergyFunction
 
@@ -104,3 +105,41 @@ def check_output_dim(output: jax.Array, output_dim: Optional[int], argument: str
             f"{tuple(output.shape)}; make the network's last layer {output_dim} wide or "
             "fix output_dim."
         )
+
+
+# -- helpers shared by the modules ---------------------------------------------------
+
+
+def linear_head(output_dim: int) -> hk.Transformed:
+    """A stateless, rng-free linear layer over flattened features: `apply(params, features)`."""
+    return hk.without_apply_rng(
+        hk.transform(lambda features: hk.Linear(output_dim, name="head")(hk.Flatten(preserve_dims=1)(features)))
+    )
+
+
+def check_positive_int(value, argument: str, hint: str) -> int:
+    """Returns `value` if it is a positive int, else raises naming `argument` and `hint`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{argument} must be a positive int, got {value!r}; {hint}")
+    return value
+
+
+def check_features(features: jax.ShapeDtypeStruct, sample_input: jax.Array, argument: str) -> None:
+    """Raises unless the body maps `(samples, ...)` inputs to `(samples, ...)` features."""
+    if features.ndim < 2 or features.shape[0] != sample_input.shape[0]:
+        raise ValueError(
+            f"{argument} must return features of shape (samples, features); for inputs of shape "
+            f"{tuple(sample_input.shape)} it returned {tuple(features.shape)}. Drop the readout "
+            "layer, e.g. MultilayerPerceptron(hidden_dims, activate_final=True)."
+        )
+
+
+def is_traced(value) -> bool:
+    """True under a JAX transformation, where value checks must be skipped."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
+
+
+def ignores(output_tangent: jax.Array, output: jax.Array) -> bool:
+    """True if a directional derivative is negligible relative to the output's scale."""
+    scale = 1.0 + float(jnp.max(jnp.abs(output)))
+    return float(jnp.max(jnp.abs(output_tangent))) <= 1e-4 * scale
