@@ -125,7 +125,12 @@ class Evosax(MetaLearner):
             raise ValueError(f"report must be 'mean' or 'best', got {report!r}.")
         cls = strategy_class(algorithm)
         self.input_shape = tuple(input_shape)
-        template, _ = self.meta_model.reset_hparams(jax.random.PRNGKey(0), jnp.zeros((1,) + self.input_shape))
+        # Only the hparams' shapes matter here: trace abstractly (no compute, and no input
+        # checks on a placeholder input).
+        abstract, _ = jax.eval_shape(
+            self.meta_model.reset_hparams, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1,) + self.input_shape, jnp.float32)
+        )
+        template = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), abstract)
         kwargs, param_overrides, self.init_std = _translate_kwargs(cls, dict(evosax_kwargs or {}))
         self.strategy = cls(solution=template, **kwargs)
         self.population_based = not hasattr(self.strategy, "get_mean")
