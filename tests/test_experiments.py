@@ -46,3 +46,18 @@ def test_maml_sinusoid_short_run_writes_metrics_and_plots(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--out", str(out), "--steps", "0"])
     assert exit_info.value.code == 2
+
+
+def test_meta_sgd_study_smoke(tmp_path):
+    script = load("experiments/meta_sgd/run.py")
+    out = tmp_path / "run"
+    assert script.main(["--out", str(out), "--steps", "30", "--seeds", "1", "--shots", "5", "--eval-tasks", "64"]) == 0
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    assert set(results) == {"maml", "meta_sgd", "per_step_lr"}
+    for by_shot in results.values():
+        entry = by_shot["5"]
+        assert 0 < entry["mse"] < 20 and entry["ci95"] > 0 and len(entry["seed_means"]) == 1
+    assert (out / "meta_sgd.png").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--out", str(tmp_path / "other"), "--methods", "maml,reptile"])
+    assert exit_info.value.code == 2
