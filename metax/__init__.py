@@ -2,6 +2,7 @@
 
 from metax import data
 from metax import energy
+from metax import experiment
 from metax import kernel
 from metax import learner
 from metax import models
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "data",
     "energy",
+    "experiment",
     "kernel",
     "learner",
     "models",

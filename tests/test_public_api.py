@@ -7,7 +7,7 @@ import pytest
 
 import metax
 
-SUBPACKAGES = ["data", "energy", "kernel", "learner", "models", "module", "tilt", "utils"]
+SUBPACKAGES = ["data", "energy", "experiment", "kernel", "learner", "models", "module", "tilt", "utils"]
 
 
 @pytest.mark.parametrize("name", SUBPACKAGES)

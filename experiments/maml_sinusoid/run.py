@@ -8,10 +8,8 @@ task, 5 inner SGD steps with learning rate 0.01, meta-batch 25, an MLP 40-40 and
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -21,6 +19,7 @@ import optax
 from tqdm import tqdm
 
 import metax
+from metax.experiment import refuse_overwrite, write_json_atomic
 
 
 def parse_args(argv):
@@ -39,17 +38,8 @@ def parse_args(argv):
     for name in ("steps", "meta_batch_size", "shots", "eval_tasks"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
-        parser.error(f"{args.out}/metrics.json exists; pass --overwrite or choose another --out")
+    refuse_overwrite(parser, args.out, args.overwrite)
     return args
-
-
-def write_json_atomic(path, payload):
-    """Writes to a temporary file in the same folder, then renames: never a half file."""
-    folder = os.path.dirname(path) or "."
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(handle.name, path)
 
 
 def main(argv=None):

@@ -16,10 +16,8 @@ after one adaptation step with a 95% interval. Writes metrics.json and meta_sgd.
 
 import argparse
 import functools
-import json
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -28,6 +26,7 @@ import optax
 from tqdm import tqdm
 
 import metax
+from metax.experiment import refuse_overwrite, write_json_atomic
 
 METHODS = ("maml", "meta_sgd", "per_step_lr")
 
@@ -64,8 +63,7 @@ def parse_args(argv):
         parser.error(f"--shots must be a comma list of ints, got {args.shots!r}")
     if min(args.shots) < 1 or args.seeds < 1 or args.steps < 1 or args.eval_tasks < 2:
         parser.error("--shots, --seeds, --steps must be >= 1 and --eval-tasks >= 2")
-    if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
-        parser.error(f"{args.out}/metrics.json exists; pass --overwrite or choose another --out")
+    refuse_overwrite(parser, args.out, args.overwrite)
     return args
 
 
@@ -118,9 +116,7 @@ def main(argv=None) -> int:
             entry["mse"], entry["ci95"] = interval(pooled)
             entry["seed_means"] = [s["mse"] for s in entry["seeds"]]
     payload = {"config": vars(args), "seconds": time.time() - start, "results": results}
-    with tempfile.NamedTemporaryFile("w", dir=args.out, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(handle.name, os.path.join(args.out, "metrics.json"))
+    write_json_atomic(os.path.join(args.out, "metrics.json"), payload)
     print(table(results, args.shots))
     plot(results, args)
     return 0

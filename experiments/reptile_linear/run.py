@@ -10,10 +10,8 @@ after a few adaptation steps on that task, and writes metrics.json.
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 
 import haiku as hk
 import jax
@@ -21,6 +19,7 @@ import optax
 from tqdm import tqdm
 
 import metax
+from metax.experiment import refuse_overwrite, write_json_atomic
 
 
 def parse_args(argv):
@@ -39,8 +38,7 @@ def parse_args(argv):
     for name in ("iterations", "meta_batch_size", "steps_inner", "points"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
-        parser.error(f"{args.out}/metrics.json exists; pass --overwrite or choose another --out")
+    refuse_overwrite(parser, args.out, args.overwrite)
     return args
 
 
@@ -96,10 +94,7 @@ def main(argv=None) -> int:
         "learned_init": {"slope": float(weights["w"][0, 0]), "offset": float(weights["b"][0])},
         "final_loss_outer": float(metrics["loss_outer"]),
     }
-    path = os.path.join(args.out, "metrics.json")
-    with tempfile.NamedTemporaryFile("w", dir=args.out, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(handle.name, path)
+    write_json_atomic(os.path.join(args.out, "metrics.json"), payload)
     return 0
 
 
