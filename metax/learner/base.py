@@ -72,7 +72,10 @@ class MetaLearner(abc.ABC):
       batch_size: support samples per inner step; None uses the whole support set
         (full-batch gradient descent).
       steps_inner: inner-loop steps during meta-training.
-      optim_fn_inner: optax optimiser of the inner loop (fresh state per task).
+      optim_fn_inner: optax optimiser of the inner loop (fresh state per task), or a
+        learned optimiser (`metax.kernel`: `init(rng, params) -> theta`,
+        `optimizer(theta) -> optax.GradientTransformation`) whose theta is then
+        meta-learned in `hparams.optimizer`, for learners with `can_learn_optimizer`.
       optim_fn_outer: optax optimiser applied to the averaged meta-gradient.
       extra_metrics: also report the inner loss and gradient norm after the last inner
         step (`loss_inner_final`, `gradnorm_inner_final`), at the price of one more
