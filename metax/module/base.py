@@ -9,6 +9,13 @@ A module is the model side of a meta-learning algorithm. It owns two pairs of py
 
 This mirrors haiku's `transform_with_state` split of parameters and state. Learners never
 look inside a module; they call it and its two losses.
+
+The inner loop carries `state` from step to step but keeps `hstate` fixed (it belongs to
+all tasks). Statistics that adaptation should update, such as a shared body's batch-norm
+averages, therefore live in the task's `state`, started from `hstate` by `reset_params`;
+the query forward pass returns the task's copy as its new `hstate`, and the learner
+averages those over the meta-batch (keeping dtypes). `LearnedInit` and `ComplexSynapse`
+instead give every task fresh network state, since all their weights are per task.
 """
 
 import abc
