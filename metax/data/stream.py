@@ -58,7 +58,8 @@ class MetaBatchStream:
     @property
     def sample_input(self) -> jax.Array:
         if self._sample_input is None:
-            self._sample_input = self.sample_task(self.rng).train.x
+            # Compiled: an eager sampler dispatches op by op, which costs seconds.
+            self._sample_input = jax.jit(self.sample_task)(self.rng).train.x
         return self._sample_input
 
     def batch(self, index: int) -> MetaDataset:
