@@ -5,6 +5,7 @@ from metax.data.base import MetaDataset
 from metax.data.base import check_metabatch
 from metax.data.base import get_batch
 from metax.data.base import split_dataset
+from metax.data.mnist import load_mnist
 from metax.data.stream import MetaBatchStream
 from metax.data.stream import sample_metabatch
 from metax.data.synthetic import SyntheticMetaDataloader
@@ -30,6 +31,7 @@ __all__ = [
     "get_batch",
     "get_task_family",
     "linear",
+    "load_mnist",
     "make_task_sampler",
     "sample_metabatch",
     "sinusoid",

@@ -5,17 +5,29 @@ from metax.kernel.base import LearnedOptimizerHParams
 from metax.kernel.base import WithLearnedOptimizer
 from metax.kernel.base import check_theta_matches
 from metax.kernel.base import is_learned_optimizer
+from metax.kernel.coordinatewise import CoordinatewiseKernel
+from metax.kernel.coordinatewise import CoordinatewiseState
 from metax.kernel.lr import LayerStepLR
 from metax.kernel.lr import MetaSGD
 from metax.kernel.lr import ScalarLR
+from metax.kernel.metadyn import MetadynamicKernel
+from metax.kernel.metadyn import MetadynamicOptimizer
+from metax.kernel.metadyn import MetadynamicState
+from metax.kernel.metadyn import finite_gradient_guard
 
 __all__ = [
+    "CoordinatewiseKernel",
+    "CoordinatewiseState",
     "LayerStepLR",
     "LearnedOptimizer",
     "LearnedOptimizerHParams",
     "MetaSGD",
+    "MetadynamicKernel",
+    "MetadynamicOptimizer",
+    "MetadynamicState",
     "ScalarLR",
     "WithLearnedOptimizer",
     "check_theta_matches",
+    "finite_gradient_guard",
     "is_learned_optimizer",
 ]

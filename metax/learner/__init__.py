@@ -11,6 +11,7 @@ from metax.learner.implicit import ConjugateGradient
 from metax.learner.implicit import ImplicitDifferentiation
 from metax.learner.implicit import RecurrentBackpropagation
 from metax.learner.implicit import T1T2
+from metax.learner.learned_kernel import LearnedKernel
 from metax.learner.linear_solve import solve_bicgstab
 from metax.learner.linear_solve import solve_cg
 from metax.learner.linear_solve import solve_gmres
@@ -28,6 +29,7 @@ __all__ = [
     "EvolutionState",
     "Evosax",
     "ImplicitDifferentiation",
+    "LearnedKernel",
     "MAML",
     "MetaLearner",
     "MetaLearnerState",

@@ -1,0 +1,286 @@
+"""LearnedKernel: meta-learning a learned update rule, by backpropagation or by ES.
+
+The inner loop is the shared one (`MetaLearner.descend`) running the optimiser that the
+learned rule builds from its weights (`kernel.optimizer(theta)`, see `metax.kernel`);
+theta travels in `hparams.optimizer` beside the module's own hparams. The meta-gradient
+comes from one of three estimators:
+
+- "backprop": through the unrolled inner loop, as MAML does (Andrychowicz et al.,
+  "Learning to learn by gradient descent by gradient descent", NeurIPS 2016,
+  https://arxiv.org/abs/1606.04474), optionally truncated to the last `truncation` steps
+  and with rematerialisation (memory O(1) in the steps).
+- "pes": Persistent Evolution Strategies (Vicol, Metz, Sohl-Dickstein, "Unbiased
+  Gradient Estimation in Unrolled Computation Graphs with Persistent Evolution
+  Strategies", ICML 2021, https://arxiv.org/abs/2112.13835), evosax's `PersistentES`.
+- "noise_reuse": Noise-Reuse ES (Li, Vicol et al., "Noise-Reuse in Online Evolution
+  Strategies", NeurIPS 2023, https://arxiv.org/abs/2304.12180), evosax's `NoiseReuseES`.
+
+ES over partial unrolls, as implemented here. One `update` call runs one whole inner
+trajectory of `steps_inner` steps on the meta-batch it is given, cut into
+`S = steps_inner / truncation` segments of `truncation` steps. Before each segment the
+strategy is asked for a population (PES: fresh antithetic noise every segment,
+accumulated per member; NRES: one noise draw reused for the whole trajectory); every
+member continues its own inner state (params, model state and the learned optimiser's
+state: memory, running averages, step count) from where its previous segment ended, runs
+`truncation` steps of the shared loop, and is scored by the query loss at the segment's
+end (mean over tasks, divided by S); the strategy is then told the fitness and moves
+its mean through `optim_fn_outer`. The objective estimated is therefore the query loss
+averaged over the S segment ends (with `truncation=None`, S = 1: the query loss after the
+last step, the same objective as "backprop"), with theta updated S times per trajectory.
+Unlike learned_optimization's truncated trainers, trajectories are not kept across
+`update` calls (a call starts every member afresh on the new meta-batch), so successive
+segments of one trajectory are never interleaved with other trajectories.
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import evosax.algorithms
+import jax
+import jax.numpy as jnp
+import optax
+
+from metax.data import MetaDataset, check_metabatch
+from metax.kernel.base import is_learned_optimizer
+from metax.learner.base import MetaLearnerState, _check_steps
+from metax.learner.evolution import EvolutionState, _translate_kwargs
+from metax.learner.maml import ModelAgnosticMetaLearning
+from metax.module.base import MetaModule
+from metax.utils import append_keys, tree_mean_keep_dtype
+
+ESTIMATORS = ("backprop", "pes", "noise_reuse")
+_STRATEGIES = {"pes": evosax.algorithms.PersistentES, "noise_reuse": evosax.algorithms.NoiseReuseES}
+
+
+class InnerCarry(NamedTuple):
+    """One member's inner trajectory between ES segments (leaves per member and task)."""
+
+    state: Any  # model state
+    params: Any  # adapted params
+    opt_state: Any  # the learned optimiser's state (memory, running averages, step count)
+
+
+class LearnedKernel(ModelAgnosticMetaLearning):
+    """Meta-learns a learned update rule (and the module's hparams) over any module.
+
+    Args:
+      meta_model, batch_size, steps_inner, extra_metrics: see `MetaLearner`.
+      kernel: a learned optimiser (`metax.kernel.CoordinatewiseKernel`,
+        `MetadynamicOptimizer`, `MetaSGD`, ...): `init(rng, params) -> theta`,
+        `optimizer(theta) -> optax.GradientTransformation`.
+      optim_fn_outer: the outer optimiser, applied to the backpropagated meta-gradient or
+        to the ES gradient estimate.
+      estimator: "backprop", "pes" or "noise_reuse" (see the module docstring).
+      truncation: backprop: gradients flow through the last `truncation` inner steps
+        only; ES: the length of a partial unroll (must divide `steps_inner`). None: the
+        whole loop.
+      remat: backprop only: recompute each inner step in the backward pass.
+      first_order: backprop only: treat inner gradients as constants.
+      es_kwargs: ES only: `population_size` (even; default 16), `sigma_init` (the
+        perturbation std, default 0.1) or `std_schedule`, `fitness_shaping_fn`.
+
+    Example:
+      >>> kernel = metax.kernel.CoordinatewiseKernel(hidden_sizes=(16,), step_size=0.01)
+      >>> learner = LearnedKernel(meta_model, None, 20, kernel, optax.adam(1e-3), truncation=10)
+      >>> meta_state = learner.reset(jax.random.PRNGKey(0), sample_input)
+      >>> meta_state, metrics = jax.jit(learner.update)(rng, meta_state, metabatch)
+    """
+
+    def __init__(
+        self,
+        meta_model: MetaModule,
+        batch_size: Optional[int],
+        steps_inner: int,
+        kernel: Any,
+        optim_fn_outer: optax.GradientTransformation,
+        *,
+        estimator: str = "backprop",
+        truncation: Optional[int] = None,
+        remat: bool = False,
+        first_order: bool = False,
+        es_kwargs: Optional[dict] = None,
+        extra_metrics: bool = False,
+    ) -> None:
+        if not is_learned_optimizer(kernel):
+            raise TypeError(
+                f"LearnedKernel needs a learned update rule (metax.kernel.CoordinatewiseKernel, "
+                f"MetadynamicOptimizer, MetaSGD, ...), got {type(kernel).__name__}; for a fixed "
+                "optax optimiser use ModelAgnosticMetaLearning."
+            )
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
+        super().__init__(meta_model, batch_size, steps_inner, kernel, optim_fn_outer, first_order, extra_metrics=extra_metrics)
+        if truncation is not None:
+            truncation = _check_steps(truncation, "truncation")
+            if truncation > self.steps_inner:
+                raise ValueError(
+                    f"truncation={truncation} is longer than the inner loop (steps_inner="
+                    f"{self.steps_inner}); use 1 <= truncation <= steps_inner, or None for the whole loop."
+                )
+            if truncation < 1:
+                raise ValueError(f"truncation must be >= 1 (or None for the whole loop), got {truncation}.")
+        self.estimator = estimator
+        self.truncation = truncation
+        self.remat = bool(remat)
+        if estimator == "backprop":
+            if es_kwargs:
+                raise ValueError("es_kwargs apply to estimator='pes' or 'noise_reuse', not 'backprop'.")
+            return
+
+        if self.remat or self.first_order:
+            raise ValueError(f"remat and first_order apply to estimator='backprop'; {estimator!r} takes no gradient.")
+        if self.steps_inner < 1:
+            raise ValueError(f"estimator={estimator!r} needs steps_inner >= 1, got {self.steps_inner}.")
+        self.unroll = self.steps_inner if truncation is None else truncation
+        if self.steps_inner % self.unroll:
+            raise ValueError(
+                f"estimator={estimator!r} cuts the inner loop into partial unrolls of truncation="
+                f"{self.unroll} steps, which must divide steps_inner={self.steps_inner}."
+            )
+        self.segments = self.steps_inner // self.unroll
+        es_kwargs = {"population_size": 16, **(es_kwargs or {})}
+        for key in ("optimizer", "lrate_init", "opt_name", "T", "K"):
+            if key in es_kwargs:
+                raise ValueError(
+                    f"es_kwargs[{key!r}] is set by LearnedKernel: the ES update goes through "
+                    "optim_fn_outer, and T / K are steps_inner / truncation."
+                )
+        size = es_kwargs.get("population_size", es_kwargs.get("popsize"))
+        if not isinstance(size, int) or size < 2 or size % 2:
+            raise ValueError(f"estimator={estimator!r} samples antithetic pairs: population_size must be an even int >= 2, got {size!r}.")
+        self._strategy_cls = _STRATEGIES[estimator]
+        es_kwargs["optimizer"] = optim_fn_outer
+        self._es_kwargs, overrides, _ = _translate_kwargs(self._strategy_cls, es_kwargs)
+        self._es_overrides = {**overrides, "T": self.steps_inner, "K": self.unroll}
+        self._strategies = {}
+
+    # -- backprop: the shared loop with this learner's truncation and remat ---------------
+
+    def adapt(self, rng, state, hstate, params, hparams, dataset, steps):
+        """As `MetaLearner.adapt`, passing `truncation` and `remat` to the shared loop.
+        (Truncation only cuts gradients, so a loop shorter than it runs untruncated.)"""
+        steps = _check_steps(steps, "steps")
+        num_steps = getattr(self.learned_optimizer, "num_steps", None)
+        if num_steps is not None and steps > num_steps:
+            raise ValueError(
+                f"{type(self.learned_optimizer).__name__} has a schedule of {num_steps} steps but "
+                f"the inner loop was asked for {steps}; evaluate with steps <= {num_steps}."
+            )
+        truncation = self.truncation if self.estimator == "backprop" and (self.truncation or 0) <= steps else None
+        rng_steps, rng_final = jax.random.split(rng)
+        energy = self.support_energy(hstate, dataset)
+        state, params, losses, _ = self.descend(
+            rng_steps, state, params, hparams, energy, self.inner_optimizer(hparams), steps,
+            truncation=truncation, remat=self.remat,
+        )
+        return (state, params), self.inner_metrics(rng_final, state, hstate, params, hparams, dataset, losses)
+
+    # -- ES over partial unrolls ------------------------------------------------------------
+
+    def strategy(self, hparams: Any):
+        """The evosax strategy searching over hparams shaped like `hparams` (cached)."""
+        leaves, treedef = jax.tree_util.tree_flatten(hparams)
+        key = (treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves))
+        if key not in self._strategies:
+            template = jax.tree_util.tree_unflatten(treedef, [jnp.zeros(jnp.shape(l), jnp.result_type(l)) for l in leaves])
+            self._strategies[key] = self._strategy_cls(solution=template, **self._es_kwargs)
+        return self._strategies[key]
+
+    def reset(self, rng: jax.Array, sample_input: jax.Array) -> MetaLearnerState:
+        if self.estimator == "backprop":
+            return super().reset(rng, sample_input)
+        hparams, hstate = self.meta_model.reset_hparams(rng, sample_input)
+        strategy = self.strategy(hparams)
+        params = strategy.default_params.replace(**self._es_overrides)
+        state = strategy.init(jax.random.fold_in(rng, 2), hparams, params)
+        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=EvolutionState(state, params))
+
+    def continue_descent(self, rng, carry: InnerCarry, hparams, energy, optimizer, steps: int):
+        """`steps` steps of the shared loop continuing `carry`, optimiser state included.
+
+        `descend` starts its optimiser from `init(params)` and returns no optimiser state.
+        To continue a trajectory, the optimiser handed to it starts from
+        `carry.opt_state`, and on its last step also writes its new state into an extra
+        params entry that starts at zero (so the entry ends exactly equal to it: 0 + x = x;
+        integer leaves ride as floats, exactly below 2**24). The energy never reads that
+        entry. If `descend` ever takes an initial optimiser state and returns the final
+        one, this method becomes that single call.
+        """
+        leaves, treedef = jax.tree_util.tree_flatten(carry.opt_state)
+        ride_dtype = jnp.result_type(*jax.tree_util.tree_leaves(carry.params))
+        ride = lambda leaf: leaf if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf.astype(ride_dtype)
+        slot = [jnp.zeros_like(ride(leaf)) for leaf in leaves]
+
+        def update_fn(grads, wrapped, extended):
+            opt_state, index = wrapped
+            updates, opt_state = optimizer.update(grads[0], opt_state, extended[0])
+            last = index == steps - 1
+            written = [jnp.where(last, ride(leaf), jnp.zeros_like(ride(leaf))) for leaf in jax.tree_util.tree_leaves(opt_state)]
+            return (updates, written), (opt_state, index + 1)
+
+        resumed = optax.GradientTransformation(lambda extended: (carry.opt_state, jnp.zeros((), jnp.int32)), update_fn)
+        extended_energy = lambda rng, state, extended, hparams: energy(rng, state, extended[0], hparams)
+        state, (params, written), losses, _ = self.descend(
+            rng, carry.state, (carry.params, slot), hparams, extended_energy, resumed, steps
+        )
+        opt_state = jax.tree_util.tree_unflatten(treedef, [w.astype(leaf.dtype) for w, leaf in zip(written, leaves)])
+        return InnerCarry(state, params, opt_state), losses
+
+    def _start(self, rng, hstate, hparams, task: MetaDataset) -> InnerCarry:
+        params, state = self.meta_model.reset_params(rng, hparams, hstate, task.train.x)
+        return InnerCarry(state, params, self.inner_optimizer(hparams).init(params))
+
+    def _segment(self, rng, hstate, hparams, task: MetaDataset, carry: InnerCarry, first: jax.Array):
+        """One member on one task: `unroll` steps from `carry` (from its start if `first`)."""
+        rng_start, rng_steps, rng_query = jax.random.split(rng, 3)
+        start = self._start(rng_start, hstate, hparams, task)
+        carry = jax.tree_util.tree_map(lambda a, b: jnp.where(first, a, b), start, carry)
+        energy = self.support_energy(hstate, task.train)
+        carry, _ = self.continue_descent(rng_steps, carry, hparams, energy, self.inner_optimizer(hparams), self.unroll)
+        loss, ((_, hstate), metrics) = self.query_energy(rng_query, carry.state, hstate, carry.params, hparams, task.test)
+        return carry, loss, hstate, append_keys(metrics, "outer")
+
+    def update(self, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset):
+        """One meta-update: MAML's for "backprop"; for ES, one whole inner trajectory cut
+        into `steps_inner / truncation` segments, with an ask / tell of the strategy per
+        segment (see the module docstring). Metrics: `loss_outer` after the last step
+        (population and task mean), `loss_outer_segments` (the ES objective),
+        `fitness_best` / `fitness_std` of the last segment."""
+        if self.estimator == "backprop":
+            return super().update(rng, meta_state, metabatch)
+        check_metabatch(metabatch)
+        strategy = self.strategy(meta_state.hparams)
+        es_state, es_params = meta_state.optim
+        num_tasks = metabatch.train.x.shape[0]
+        over_tasks = jax.vmap(self._segment, in_axes=(0, None, None, 0, 0, None))
+        over_members = jax.vmap(over_tasks, in_axes=(None, None, 0, None, 0, None))
+
+        # Every member's carry, shaped (members, tasks, ...); the first segment replaces it.
+        population_shape = jax.eval_shape(lambda: strategy.ask(rng, es_state, es_params)[0])
+        start = jax.vmap(jax.vmap(self._start, in_axes=(0, None, None, 0)), in_axes=(None, None, 0, None))
+        carry_shape = jax.eval_shape(start, jax.random.split(rng, num_tasks), meta_state.hstate, population_shape, metabatch)
+        carry = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
+
+        def segment(loop, inputs):
+            es_state, carry = loop
+            index, rng_segment = inputs
+            rng_ask, rng_tell, rng_tasks = jax.random.split(rng_segment, 3)
+            population, es_state = strategy.ask(rng_ask, es_state, es_params)
+            # The same task keys for every member (common random numbers).
+            task_rngs = jax.random.split(rng_tasks, num_tasks)
+            carry, losses, hstates, metrics = over_members(task_rngs, meta_state.hstate, population, metabatch, carry, index == 0)
+            fitness = jnp.mean(losses, axis=1) / self.segments
+            es_state, _ = strategy.tell(rng_tell, population, fitness, es_state, es_params)
+            return (es_state, carry), (jnp.mean(losses), fitness, hstates, metrics)
+
+        inputs = (jnp.arange(self.segments), jax.random.split(rng, self.segments))
+        (es_state, _), (segment_losses, fitness, hstates, metrics) = jax.lax.scan(segment, (es_state, carry), inputs)
+        last = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[-1], tree)
+        hstate = tree_mean_keep_dtype(tree_mean_keep_dtype(last(hstates)))
+        metrics = {
+            **jax.tree_util.tree_map(lambda m: jnp.mean(m[-1]), metrics),  # after all steps_inner steps
+            "loss_outer_segments": jnp.mean(segment_losses),  # the ES objective
+            "fitness_best": jnp.min(fitness[-1]) * self.segments,
+            "fitness_std": jnp.std(fitness[-1]) * self.segments,
+        }
+        hparams = strategy.get_mean(es_state)
+        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=EvolutionState(es_state, es_params)), metrics
