@@ -188,7 +188,9 @@ class MetaLearner(abc.ABC):
         accumulate_hgrads: bool = False,
         truncation: Optional[int] = None,
         remat: bool = False,
-    ) -> tuple[State, Params, jax.Array, Optional[HParams]]:
+        opt_state: Optional[optax.OptState] = None,
+        return_opt_state: bool = False,
+    ) -> tuple:
         """The inner loop: `steps` optimiser steps on `energy`, as one `lax.scan`.
 
         Every learner's inner optimisation runs here: `adapt` on the support loss,
@@ -203,6 +205,9 @@ class MetaLearner(abc.ABC):
           remat: recompute each step's activations in the backward pass instead of
             storing them (`jax.checkpoint`): memory O(1) in the steps for ~1 extra
             forward pass.
+          opt_state: the optimiser state to continue from (default `optimizer.init(params)`),
+            so a trajectory can be run in segments.
+          return_opt_state: also return the final optimiser state, as a fifth element.
 
         Returns:
           `(state, params, losses, hgrads_sum)`: final state and params, the loss before
@@ -234,10 +239,14 @@ class MetaLearner(abc.ABC):
             return (state, optax.apply_updates(params, updates), opt_state, hgrads_sum), loss
 
         hgrads_sum = jax.tree_util.tree_map(jnp.zeros_like, hparams) if accumulate_hgrads else None
-        carry = (state, params, optimizer.init(params), hgrads_sum)
+        opt_state = optimizer.init(params) if opt_state is None else opt_state
         body = jax.checkpoint(step) if remat else step
         inputs = (jnp.arange(steps), jax.random.split(rng, steps))
-        (state, params, _, hgrads_sum), losses = jax.lax.scan(body, carry, inputs)
+        (state, params, opt_state, hgrads_sum), losses = jax.lax.scan(
+            body, (state, params, opt_state, hgrads_sum), inputs
+        )
+        if return_opt_state:
+            return state, params, losses, hgrads_sum, opt_state
         return state, params, losses, hgrads_sum
 
     def adapt(

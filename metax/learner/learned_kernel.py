@@ -195,34 +195,11 @@ class LearnedKernel(ModelAgnosticMetaLearning):
         return MetaLearnerState(hparams=hparams, hstate=hstate, optim=EvolutionState(state, params))
 
     def continue_descent(self, rng, carry: InnerCarry, hparams, energy, optimizer, steps: int):
-        """`steps` steps of the shared loop continuing `carry`, optimiser state included.
-
-        `descend` starts its optimiser from `init(params)` and returns no optimiser state.
-        To continue a trajectory, the optimiser handed to it starts from
-        `carry.opt_state`, and on its last step also writes its new state into an extra
-        params entry that starts at zero (so the entry ends exactly equal to it: 0 + x = x;
-        integer leaves ride as floats, exactly below 2**24). The energy never reads that
-        entry. If `descend` ever takes an initial optimiser state and returns the final
-        one, this method becomes that single call.
-        """
-        leaves, treedef = jax.tree_util.tree_flatten(carry.opt_state)
-        ride_dtype = jnp.result_type(*jax.tree_util.tree_leaves(carry.params))
-        ride = lambda leaf: leaf if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf.astype(ride_dtype)
-        slot = [jnp.zeros_like(ride(leaf)) for leaf in leaves]
-
-        def update_fn(grads, wrapped, extended):
-            opt_state, index = wrapped
-            updates, opt_state = optimizer.update(grads[0], opt_state, extended[0])
-            last = index == steps - 1
-            written = [jnp.where(last, ride(leaf), jnp.zeros_like(ride(leaf))) for leaf in jax.tree_util.tree_leaves(opt_state)]
-            return (updates, written), (opt_state, index + 1)
-
-        resumed = optax.GradientTransformation(lambda extended: (carry.opt_state, jnp.zeros((), jnp.int32)), update_fn)
-        extended_energy = lambda rng, state, extended, hparams: energy(rng, state, extended[0], hparams)
-        state, (params, written), losses, _ = self.descend(
-            rng, carry.state, (carry.params, slot), hparams, extended_energy, resumed, steps
+        """`steps` steps of the shared loop continuing `carry`, optimiser state included."""
+        state, params, losses, _, opt_state = self.descend(
+            rng, carry.state, carry.params, hparams, energy, optimizer, steps,
+            opt_state=carry.opt_state, return_opt_state=True,
         )
-        opt_state = jax.tree_util.tree_unflatten(treedef, [w.astype(leaf.dtype) for w, leaf in zip(written, leaves)])
         return InnerCarry(state, params, opt_state), losses
 
     def _start(self, rng, hstate, hparams, task: MetaDataset) -> InnerCarry:
