@@ -361,16 +361,27 @@ class MetaLearner(abc.ABC):
         return MetaLearnerState(hparams=hparams, hstate=hstate, optim=optim), metrics
 
     def eval(
-        self, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset, steps: int
+        self,
+        rng: jax.Array,
+        meta_state: MetaLearnerState,
+        metabatch: MetaDataset,
+        steps: int,
+        *,
+        per_task: bool = False,
     ) -> tuple[tuple[State, Params], Metrics]:
         """Adapts to every task of `metabatch` for `steps` steps and scores the query sets.
 
         `steps` sets the loop length, so under `jax.jit` it must be static:
-        `jax.jit(learner.eval, static_argnames="steps")`.
+        `jax.jit(learner.eval, static_argnames=("steps", "per_task"))`.
+
+        Args:
+          per_task: return every metric per task (leading task axis) instead of its mean,
+            e.g. for intervals over held-out tasks.
 
         Returns:
           `((state, params), metrics)`: per-task adapted state and params (leading task
-          axis) and metrics averaged over tasks (`loss_outer` is the mean query loss).
+          axis) and metrics averaged over tasks (`loss_outer` is the mean query loss), or
+          per task with `per_task=True`.
         """
         check_metabatch(metabatch)
         steps = _check_steps(steps, "steps")
@@ -379,7 +390,8 @@ class MetaLearner(abc.ABC):
         _, (outcome, metrics) = jax.vmap(outer, in_axes=(0, None, None, 0))(
             rngs, meta_state.hstate, meta_state.hparams, metabatch
         )
-        metrics = jax.tree_util.tree_map(functools.partial(jnp.mean, axis=0), metrics)
+        if not per_task:
+            metrics = jax.tree_util.tree_map(functools.partial(jnp.mean, axis=0), metrics)
         return (outcome.state, outcome.params), metrics
 
 
