@@ -21,7 +21,15 @@ def write_json_atomic(path: str, payload: Any) -> None:
             handle.close()
             os.unlink(handle.name)  # a failed write leaves neither a partial file nor debris
             raise
+    # NamedTemporaryFile creates 0600; give the file the mode a plain open() would.
+    os.chmod(handle.name, 0o666 & ~_umask())
     os.replace(handle.name, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def refuse_overwrite(parser: argparse.ArgumentParser, out: str, overwrite: bool, name: str = "metrics.json") -> None:

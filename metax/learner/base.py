@@ -19,7 +19,8 @@ import optax
 
 from metax.data import Dataset, MetaDataset, check_metabatch, get_batch
 from metax.energy import EnergyFunction
-from metax.kernel.base import WithLearnedOptimizer, is_learned_optimizer
+from metax.kernel.base import is_learned_optimizer
+from metax.learner.learned_optimizer import WithLearnedOptimizer
 from metax.module.base import HParams, HState, MetaModule, Params, State
 from metax.utils import append_keys, tree_add, tree_mean_keep_dtype
 

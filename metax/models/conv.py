@@ -9,6 +9,8 @@ from typing import Optional
 import haiku as hk
 import jax
 
+from metax.models.transform import TransformOutsideHaiku
+
 
 class ConvBlock(hk.Module):
     """3x3 conv -> batch norm (optional gain/shift as scale/offset) -> ReLU -> 2x2 max-pool."""
@@ -31,19 +33,24 @@ class ConvBlock(hk.Module):
         return out
 
 
-class Conv4(hk.Module):
+class Conv4(hk.Module, metaclass=TransformOutsideHaiku):
     """Four `ConvBlock`s on `(batch, height, width, channels)` images, flattened features out.
+
+    Called as `net(images, is_training, gain=None, shift=None)`. Constructed outside
+    `hk.transform` it returns `hk.transform_with_state` of that call, as in metax:
+    `LearnedInit(..., base_learner=Conv4(32, 0.9, readout=5))`.
 
     Args:
       channels: filters per block (64 in the literature, 32 for MAML on miniImageNet).
+      decay: batch norm's moving-average decay (metax's second argument).
       readout: if given, a final linear layer with this many outputs (e.g. the classes).
     """
 
     def __init__(
         self,
         channels: int = 64,
-        readout: Optional[int] = None,
         decay: float = 0.9,
+        readout: Optional[int] = None,
         max_pool: bool = True,
         name: Optional[str] = None,
     ) -> None:
