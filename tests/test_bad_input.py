@@ -168,6 +168,7 @@ BAD_INPUT = [
      ValueError, r"num_steps=5 is the run length T of the feature t / T, read only with step_fraction=True"),
     ("horizon without step_fraction", lambda: metax.kernel.MetadynamicOptimizer(3, horizon=5),
      ValueError, r"horizon=5 is the run length T .* read only with step_fraction=True"),
+    ("negative Meta-SGD rate", lambda: metax.kernel.MetaSGD(-0.1), ValueError, r"MetaSGD: lr_init=-0\.1 is a negative learning rate"),
     # -- tilt samplers -------------------------------------------------------------------------
     ("negative sigma_sprime", lambda: tilt_run("ula", sigma_sprime=-0.5),
      ValueError, r"run_sampler\('ula'\): tilt\.params\.sigma_sprime must be a positive standard deviation, got -0\.5"),

@@ -172,8 +172,8 @@ class EvolutionEngine:
             noise = jax.random.normal(rng_population, (strategy.population_size, flat.size), flat.dtype)
             population = jax.vmap(strategy._unravel_solution)(flat + self.init_std * noise)
             fitness = jnp.full((strategy.population_size,), jnp.inf, flat.dtype)
-            return EvolutionState(strategy.init(rng, population, fitness, params), params)
-        return EvolutionState(strategy.init(rng, hparams, params), params)
+            return EvolutionState(_strongly_typed(strategy.init(rng, population, fitness, params)), params)
+        return EvolutionState(_strongly_typed(strategy.init(rng, hparams, params)), params)
 
     def generation(
         self, rng_ask: jax.Array, rng_tell: jax.Array, optim: EvolutionState, template: Any, score: Callable
@@ -184,7 +184,7 @@ class EvolutionEngine:
         population, state = strategy.ask(rng_ask, optim.strategy_state, optim.strategy_params)
         fitness, aux = score(population)
         state, _ = strategy.tell(rng_tell, population, fitness, state, optim.strategy_params)
-        return EvolutionState(state, optim.strategy_params), fitness, aux
+        return EvolutionState(_strongly_typed(state), optim.strategy_params), fitness, aux
 
     def solution(self, optim: EvolutionState, template: Any) -> Any:
         """The hparams the meta-state carries: the mean or the best member (`report`)."""
@@ -192,6 +192,13 @@ class EvolutionEngine:
         if self.report == "mean":
             return strategy.get_mean(optim.strategy_state)
         return strategy._unravel_solution(optim.strategy_state.best_solution)
+
+
+def _strongly_typed(tree: Any) -> Any:
+    """evosax fills some state fields with Python scalars (weakly typed) at init or in
+    `tell`, and others not. Fixing every leaf's type keeps a jitted update from compiling
+    twice (once for the initial state, once for every later one)."""
+    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype=jnp.result_type(leaf)), tree)
 
 
 def population_hstate(hstates: Any) -> Any:
