@@ -101,7 +101,13 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
         return value
     if origin is Annotated:
         base, *meta = typing.get_args(annotation)
-        value = check_value(value, base, path)
+        if typing.get_origin(base) is None:  # a plain type: name the whole constraint
+            try:
+                value = check_value(value, base, path)
+            except KeyError_:
+                raise fail() from None
+        else:
+            value = check_value(value, base, path)
         if Positive in meta and not value > 0:
             raise KeyError_(path, f"must be > 0, got {value!r}.")
         if NonNegative in meta and not value >= 0:
@@ -290,8 +296,8 @@ def build_component(resolved: dict, kinds: tuple[str, ...], context: dict, path:
     missing = [name for name in entry.context if name not in context]
     if missing:
         raise ConfigError(f"{path}: {entry.name} needs {', '.join(missing)}, which this experiment does not provide.")
-    kwargs.update({name: context[name]() for name in entry.context})  # thunks: built only when asked for
     try:
+        kwargs.update({name: context[name]() for name in entry.context})  # thunks: built only when asked for
         return entry.target(**kwargs)
     except (ValueError, TypeError, KeyError) as error:
         raise ConfigError(f"{path} ({entry.name}): {error}") from error
