@@ -13,7 +13,6 @@ interrupted (resume with `--resume`).
 """
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -204,46 +203,33 @@ def _run_one(config, experiment, out: str, resume: bool, progress: bool, debug_n
             return summary
     print(describe(experiment))
     print(f"run folder {out}" + (" (resuming)" if resuming else ""))
-    context = _debug_nans() if debug_nans else contextlib.nullcontext()
-    with context:
-        result = train(
-            experiment.learner,
-            experiment.task.sample_task,
-            steps=config.train.steps,
-            meta_batch_size=config.train.meta_batch_size,
-            seed=config.seed,
-            eval_sample_task=experiment.eval_task.sample_task,
-            eval_tasks=config.eval.tasks,
-            eval_steps=experiment.eval_steps,
-            eval_every=config.train.eval_every,
-            eval_batch_size=config.eval.batch_size,
-            out=out,
-            chunk=1 if debug_nans else config.train.chunk,
-            checkpoint_every=config.train.checkpoint_every,
-            keep_checkpoints=config.train.keep_checkpoints,
-            resume=resuming,
-            check_finite=config.train.check_finite,
-            progress=progress,
-            name=config.name,
-            groups=experiment.task.groups,
-            fingerprint=fingerprint(config),
-            plots=plots,
-            plot_tasks=config.eval.plot_tasks,
-        )
+    result = train(
+        experiment.learner,
+        experiment.task.sample_task,
+        steps=config.train.steps,
+        meta_batch_size=config.train.meta_batch_size,
+        seed=config.seed,
+        eval_sample_task=experiment.eval_task.sample_task,
+        eval_tasks=config.eval.tasks,
+        eval_steps=experiment.eval_steps,
+        eval_every=config.train.eval_every,
+        eval_batch_size=config.eval.batch_size,
+        out=out,
+        chunk=1 if debug_nans else config.train.chunk,
+        debug_nans=debug_nans,
+        checkpoint_every=config.train.checkpoint_every,
+        keep_checkpoints=config.train.keep_checkpoints,
+        resume=resuming,
+        check_finite=config.train.check_finite,
+        progress=progress,
+        name=config.name,
+        groups=experiment.task.groups,
+        fingerprint=fingerprint(config),
+        plots=plots,
+        plot_tasks=config.eval.plot_tasks,
+    )
     _print_summary(result.summary)
     return result.summary
-
-
-@contextlib.contextmanager
-def _debug_nans():
-    import jax
-
-    previous = jax.config.jax_debug_nans
-    jax.config.update("jax_debug_nans", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_debug_nans", previous)
 
 
 def _print_summary(summary: dict) -> None:

@@ -212,6 +212,7 @@ def train(
     fingerprint: Optional[str] = None,
     plots: bool = True,
     plot_tasks: int = 4,
+    debug_nans: bool = False,
 ) -> TrainResult:
     """Meta-trains `learner` on tasks from `sample_task`, evaluating on fixed held-out tasks.
 
@@ -243,6 +244,8 @@ def train(
         another fingerprint is refused on resume.
       plots: draw the learning curves (and, for 1-D regression, adapted fits) into `out`.
       plot_tasks: held-out tasks drawn in the fit plot.
+      debug_nans: run step by step with JAX's NaN/Inf checks; at the first bad step,
+        rerun it op by op and name the operation (slow: resume near the failure).
 
     Returns:
       A `TrainResult`.
@@ -303,7 +306,10 @@ def train(
     buffer = chunk if chunk is not None else min(steps, MAX_CHUNK)
     run_chunk = make_chunk(learner, sample_task, meta_batch_size, keys, buffer, watch, probe)
     compile_start = time.perf_counter()
-    compiled = jax.jit(run_chunk, donate_argnums=0).lower(meta_state, np.int32(0), np.int32(1)).compile()
+    if debug_nans:
+        compiled = _DebugNaNSteps(learner, sample_task, meta_batch_size, keys, probe, name)
+    else:
+        compiled = jax.jit(run_chunk, donate_argnums=0).lower(meta_state, np.int32(0), np.int32(1)).compile()
     compile_seconds = time.perf_counter() - compile_start
 
     writer = MetricsWriter(out, keep_before=start) if out is not None else None
@@ -405,6 +411,47 @@ def train(
     return TrainResult(meta_state, history_arrays, evals, summary, per_task_final)
 
 
+class _DebugNaNSteps:
+    """Stands in for the compiled chunk under `debug_nans`: one jitted step at a time with
+    JAX's NaN/Inf checks on; the first bad step is rerun op by op to name the operation."""
+
+    def __init__(self, learner, sample_task, meta_batch_size, keys, metric_shapes, name):
+        def step(meta_state, index):
+            metabatch = sample_metabatch(jax.random.fold_in(keys.data, index), sample_task, meta_batch_size)
+            return learner.update(jax.random.fold_in(keys.update, index), meta_state, metabatch)
+
+        self.step, self.jitted, self.shapes, self.name = step, jax.jit(step), metric_shapes, name
+        self.learner = type(learner).__name__
+
+    def __call__(self, meta_state, start, n):
+        rows = []
+        for index in range(int(start), int(start) + int(n)):
+            try:
+                with jax.debug_nans(True), jax.debug_infs(True):
+                    new_state, metrics = self.jitted(meta_state, np.int32(index))
+            except FloatingPointError as error:
+                raise RunError(self._locate(meta_state, index, error)) from error
+            meta_state = new_state
+            rows.append(jax.device_get(metrics))
+        stacked = {k: np.stack([r[k] for r in rows]) for k in self.shapes}
+        return meta_state, stacked, np.int32(len(rows)), np.array(True)
+
+    def _locate(self, meta_state, index, error) -> str:
+        import traceback
+
+        where = ""
+        try:
+            with jax.debug_nans(True), jax.debug_infs(True), jax.disable_jit():
+                self.step(meta_state, np.int32(index))
+        except FloatingPointError as eager_error:
+            frames = [f for f in traceback.extract_tb(eager_error.__traceback__) if "/jax/" not in f.filename]
+            if frames:
+                frame = frames[-1]
+                where = f"; the first bad operation is at {frame.filename}:{frame.lineno}: {frame.line}"
+            error = eager_error
+        return f"{self.name}: non-finite value at meta-step {index} ({self.learner}): {error}{where}."
+
+
 # -- host-side helpers -----------------------------------------------------------------------
 
 
@@ -441,7 +488,7 @@ def _postfix(rows: list[dict], evals: list[dict]) -> str:
 
 def _raise_nonfinite(row: dict, watch: Sequence[str], name: str, learner: MetaLearner, last_checkpoint: Optional[str]) -> None:
     bad = [metric for metric in watch if not np.all(np.isfinite(row.get(metric, 0.0)))]
-    what = ", ".join(f"{metric} = {row[metric]}" for metric in bad) if bad else "the hparams"
+    what = ", ".join(f"{metric} = {row[metric]}" for metric in bad) if bad else "hparams after the update"
     where = (
         f"the last good checkpoint, {last_checkpoint}, is intact (resume continues from it)"
         if last_checkpoint
