@@ -101,3 +101,77 @@ def test_same_seed_same_bits_other_seed_other_tasks(tmp_path):
     assert read("a", "eval.jsonl") == read("b", "eval.jsonl")
     first = lambda name: json.loads(read(name, "metrics.jsonl").splitlines()[0])
     assert first("a")["loss_outer"] != first("c")["loss_outer"]  # other tasks from the first step on
+
+
+KILL_CONFIG = """
+task: {name: sinusoid, shots_train: 5, shots_test: 5}
+model: {name: mlp, hidden_dims: [64, 64]}
+module: {name: learned_init}
+learner:
+  name: maml
+  steps_inner: 1
+  optim_fn_inner: {name: sgd, learning_rate: 0.05}
+  optim_fn_outer: {name: adam, learning_rate: 0.001}
+train: {steps: 400, meta_batch_size: 2, checkpoint_every: 1, chunk: 1, keep_checkpoints: 2}
+eval: {tasks: 2}
+"""
+
+
+def _latest_step(folder):
+    found = ckpt.list_checkpoints(str(folder))
+    return found[-1][0] if found else None
+
+
+def test_sigkill_at_random_moments_loses_at_most_the_unsaved_steps_and_resumes_exactly(tmp_path):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "kill.yaml"
+    config.write_text(KILL_CONFIG)
+    assert main(["run", str(config), "--out", str(tmp_path / "whole"), "--no-progress", "--no-plots"]) == 0
+
+    out, checkpoints = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
+    command = [sys.executable, "-m", "metax", "run", str(config), "--out", str(out), "--no-progress", "--no-plots"]
+    chooser = random.Random(0)
+    during_write = 0
+    for trial in range(10):
+        child = subprocess.Popen(command + (["--resume"] if trial else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        start = _latest_step(checkpoints) or 0
+        deadline = time.time() + 120
+        while time.time() < deadline and child.poll() is None and (_latest_step(checkpoints) or 0) < start + 2:
+            time.sleep(0.002)
+        assert child.poll() is None, child.stderr.read().decode()
+        if trial % 2:  # aim at a checkpoint being written
+            until = time.time() + 5
+            while time.time() < until and not list(checkpoints.glob("*.tmp-*")):
+                pass
+        else:
+            time.sleep(chooser.uniform(0.0, 0.05))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        during_write += bool(list(checkpoints.glob("*.tmp-*")))
+        # Every checkpoint on disk loads completely, and only unsaved steps are lost.
+        for step, path in ckpt.list_checkpoints(str(checkpoints)):
+            with np.load(path) as data:
+                record = ckpt.read_record(path)
+                assert record["step"] == step and all(data[f"leaf_{i:05d}"].size >= 0 for i in range(record["leaves"]))
+        rows = [line for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        written = max(json.loads(line)["step"] for line in rows if line.endswith("}")) + 1
+        assert written - _latest_step(checkpoints) <= 1  # checkpoint_every = 1
+    assert during_write >= 1  # at least one kill left a checkpoint half-written
+    finish = subprocess.run(command + ["--resume"], capture_output=True)
+    assert finish.returncode == 0, finish.stderr.decode()
+
+    whole = np.load(ckpt.latest_checkpoint(str(tmp_path / "whole" / "checkpoints")))
+    resumed = np.load(ckpt.latest_checkpoint(str(checkpoints)))
+    for name in whole.files:
+        if name != "__checkpoint__":
+            np.testing.assert_array_equal(whole[name], resumed[name])
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(400))
+    assert not list(checkpoints.glob("*.tmp-*"))
+    assert os.path.exists(out / "summary.json")

@@ -80,10 +80,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enable_compilation_cache() -> Optional[str]:
+    """Keeps compiled programs on disk (JAX's persistent cache), so a resumed or repeated
+    run skips most of its compilation. `METAX_COMPILATION_CACHE` sets the folder
+    (default ~/.cache/metax/jax) or turns it off ("off"); a folder the user already gave
+    JAX is left alone."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    path = os.environ.get("METAX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "metax", "jax"))
+    if path.strip().lower() in ("", "0", "off", "none", "false"):
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the `metax` command; returns its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    enable_compilation_cache()
     try:
         args = _parser().parse_args(argv)
         if args.command is None:
