@@ -4,7 +4,7 @@
 # meta-training, overall and per function family. Extra arguments go to every `metax run`.
 #
 #   bash experiments/family_studies/run.sh runs/family_studies
-set -euo pipefail
+set -uo pipefail  # one failed study does not stop the others
 out=${1:-runs/family_studies}
 shift || true
 for study in cavia-cg anil-evosax compsyn-eqprop gainmod-reptile maml; do

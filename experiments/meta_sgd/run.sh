@@ -5,7 +5,7 @@
 # (e.g. --set train.steps=500 for a quick look).
 #
 #   bash experiments/meta_sgd/run.sh runs/meta_sgd
-set -euo pipefail
+set -uo pipefail  # one failed study does not stop the others
 out=${1:-runs/meta_sgd}
 shift || true
 for shots in 5 10 20; do
