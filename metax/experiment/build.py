@@ -100,6 +100,9 @@ def trace(experiment: Experiment) -> None:
     """
     learner = experiment.learner
     config = experiment.config
+    from metax.experiment.loop import _mesh
+
+    _mesh(config.train.devices, config.train.meta_batch_size)  # device count and split, before any run
     try:
         batch = jax.eval_shape(
             lambda key: metax.data.sample_metabatch(key, experiment.task.sample_task, config.train.meta_batch_size),

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import traceback
 from typing import Optional, Sequence
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="write no plots (metax plot RUN_DIR draws them later)")
     run.add_argument("--debug-nans", action="store_true", help="step by step with jax_debug_nans, to find the first bad operation")
+    run.add_argument("--devices", type=int, help="split each meta-batch over N devices (same as --set train.devices=N)")
+    run.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: the address of process 0 (jax.distributed)")
+    run.add_argument("--num-processes", type=int, help="multi-host: how many processes take part")
+    run.add_argument("--process-id", type=int, help="multi-host: this process's index (0 writes the files)")
     run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     evaluate = commands.add_parser("eval", help="score a run's newest checkpoint on held-out tasks")
@@ -208,10 +213,16 @@ def _load(path: str, overrides: Sequence[str]):
 
 
 def _run_one(config, experiment, out: str, resume: bool, progress: bool, debug_nans: bool, plots: bool = True) -> dict:
-    from metax.experiment.build import describe
-    from metax.experiment.loop import train
+    import jax
 
-    resuming = _prepare_folder(out, config, resume)
+    from metax.experiment.build import describe
+
+    existed = os.path.exists(out)
+    created = not (existed and (not os.path.isdir(out) or os.listdir(out)))  # this call fills the folder
+    if jax.process_index() == 0:
+        resuming = _prepare_folder(out, config, resume)
+    else:  # process 0 owns the folder; the others read its checkpoints when resuming
+        resuming = resume
     summary_path = os.path.join(out, "summary.json")
     if resuming and os.path.exists(summary_path):
         with open(summary_path) as handle:
@@ -221,7 +232,25 @@ def _run_one(config, experiment, out: str, resume: bool, progress: bool, debug_n
             return summary
     print(describe(experiment))
     print(f"run folder {out}" + (" (resuming)" if resuming else ""))
-    result = train(
+    try:
+        result = _train(config, experiment, out, resuming, progress, debug_nans, plots)
+    except ConfigError:
+        if created and jax.process_index() == 0 and not os.path.exists(os.path.join(out, "metrics.jsonl")):
+            # Refused before the first step: leave no half-made run behind.
+            for name in os.listdir(out) if existed else []:
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+    _print_summary(result.summary)
+    return result.summary
+
+
+def _train(config, experiment, out, resuming, progress, debug_nans, plots):
+    from metax.experiment.loop import train
+
+    return train(
         experiment.learner,
         experiment.task.sample_task,
         steps=config.train.steps,
@@ -245,9 +274,8 @@ def _run_one(config, experiment, out: str, resume: bool, progress: bool, debug_n
         fingerprint=fingerprint(config),
         plots=plots,
         plot_tasks=config.eval.plot_tasks,
+        devices=config.train.devices,
     )
-    _print_summary(result.summary)
-    return result.summary
 
 
 def _print_summary(summary: dict) -> None:
@@ -273,10 +301,27 @@ def _print_summary(summary: dict) -> None:
         print("plots: " + ", ".join(summary["plots"]))
 
 
+def _distributed(args) -> None:
+    """Joins a multi-process run (`jax.distributed.initialize`) when asked to."""
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if all(value is None for value in given):
+        return
+    if any(value is None for value in given):
+        raise ConfigError("multi-host runs need all of --coordinator HOST:PORT, --num-processes and --process-id.")
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+        raise ConfigError(f"--process-id must lie in [0, {args.num_processes}) and --num-processes be >= 1.")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+
+
 def command_run(args) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}.")
-    config, experiment = _load(args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"train.devices={args.devices}"] if args.devices is not None else [])
+    _distributed(args)
+    config, experiment = _load(args.config, overrides)
     out = args.out or os.path.join("runs", config.name)
     if args.seeds == 1:
         _run_one(config, experiment, out, args.resume, not args.no_progress, args.debug_nans, not args.no_plots)

@@ -87,6 +87,9 @@ class HeldOutEvaluator:
 
     def __call__(self, meta_state: MetaLearnerState) -> dict[str, np.ndarray]:
         """`{"loss_outer": (tasks,), ...}`: every per-task scalar metric."""
+        leaf = jax.tree_util.tree_leaves(meta_state)[0]
+        if len(getattr(getattr(leaf, "sharding", None), "device_set", ())) > 1:
+            meta_state = jax.device_get(meta_state)  # replicated over a mesh: score on one device
         results = []
         for b, start in enumerate(range(0, self.num_tasks, self.batch_size)):
             index = np.arange(start, start + self.batch_size) % self.num_tasks
@@ -148,15 +151,19 @@ def make_chunk(
     buffer: int,
     watch: Sequence[str],
     metric_shapes: dict,
+    task_sharding: Optional[jax.sharding.Sharding] = None,
 ) -> Callable:
     """`chunk(meta_state, start, n) -> (meta_state, metrics, done, finite)`: up to `n`
     meta-steps from step `start` in one `lax.while_loop`; `metrics` (shaped like
     `metric_shapes`, one step's metrics) are stacked `(buffer, ...)` with the first `done`
     rows filled; it stops early after a step whose watched metrics or hparams are not
-    finite (`finite` is then False)."""
+    finite (`finite` is then False). With `task_sharding`, every meta-batch is split
+    over devices along its task axis."""
 
     def step(meta_state, index):
         metabatch = sample_metabatch(jax.random.fold_in(keys.data, index), sample_task, meta_batch_size)
+        if task_sharding is not None:  # each device adapts its share of the tasks
+            metabatch = jax.lax.with_sharding_constraint(metabatch, task_sharding)
         return learner.update(jax.random.fold_in(keys.update, index), meta_state, metabatch)
 
     def chunk(meta_state, start, n):
@@ -181,6 +188,33 @@ def make_chunk(
         return meta_state, stacked, done, finite
 
     return chunk
+
+
+def _mesh(devices: int, meta_batch_size: int):
+    """`(mesh, replicated, by_task)` shardings for `devices` devices, or Nones for one.
+
+    Raises:
+      ConfigError: for more devices than exist, or a meta-batch they do not divide.
+    """
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigError(f"devices must be a positive int, got {devices!r}.")
+    if devices == 1 and jax.process_count() == 1:
+        return None, None, None
+    available = jax.devices()
+    if devices > len(available):
+        raise ConfigError(
+            f"train.devices={devices} but {len(available)} device(s) are visible ({available[0].platform}); "
+            "use fewer, or on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N before starting."
+        )
+    if meta_batch_size % devices:
+        lower, upper = (meta_batch_size // devices) * devices, (meta_batch_size // devices + 1) * devices
+        raise ConfigError(
+            f"meta_batch_size={meta_batch_size} does not split over {devices} devices; use a multiple of "
+            f"{devices} (e.g. {lower or upper} or {upper}) or another device count."
+        )
+    mesh = jax.sharding.Mesh(np.array(available[:devices]), ("tasks",))
+    spec = jax.sharding.PartitionSpec
+    return mesh, jax.sharding.NamedSharding(mesh, spec()), jax.sharding.NamedSharding(mesh, spec("tasks"))
 
 
 def _next_stop(step: int, steps: int, *periods: Optional[int]) -> int:
@@ -213,6 +247,7 @@ def train(
     plots: bool = True,
     plot_tasks: int = 4,
     debug_nans: bool = False,
+    devices: int = 1,
 ) -> TrainResult:
     """Meta-trains `learner` on tasks from `sample_task`, evaluating on fixed held-out tasks.
 
@@ -246,6 +281,9 @@ def train(
       plot_tasks: held-out tasks drawn in the fit plot.
       debug_nans: run step by step with JAX's NaN/Inf checks; at the first bad step,
         rerun it op by op and name the operation (slow: resume near the failure).
+      devices: split every meta-batch over this many devices (a mesh with one task axis;
+        the meta-state is replicated). With `jax.distributed` initialised, the devices
+        of every process count, and only process 0 writes files.
 
     Returns:
       A `TrainResult`.
@@ -280,11 +318,13 @@ def train(
         labels = np.asarray(held_out.test.info[groups[0]])[:, 0]
     run_eval = HeldOutEvaluator(learner, held_out, eval_steps, keys.eval_adapt, eval_batch_size)
 
+    mesh, replicated, by_task = _mesh(devices, meta_batch_size)
+    primary = jax.process_index() == 0  # the process that writes files and shows progress
     sample_input = jax.jit(sample_task)(keys.data).train.x
     meta_state = learner.reset(keys.reset, sample_input)
     start = 0
     checkpoints = os.path.join(out, "checkpoints") if out is not None else None
-    if out is not None:
+    if out is not None and primary:
         os.makedirs(checkpoints, exist_ok=True)
         ckpt.clean_temporary(checkpoints)
     if resume:
@@ -304,17 +344,21 @@ def train(
     probe = jax.eval_shape(learner.update, keys.update, meta_state, batch_shape)[1]
     watch = _watched(probe, check_finite)
     buffer = chunk if chunk is not None else min(steps, MAX_CHUNK)
-    run_chunk = make_chunk(learner, sample_task, meta_batch_size, keys, buffer, watch, probe)
+    run_chunk = make_chunk(learner, sample_task, meta_batch_size, keys, buffer, watch, probe, by_task)
+    if mesh is not None:
+        meta_state = jax.device_put(meta_state, replicated)
     compile_start = time.perf_counter()
     if debug_nans:
         compiled = _DebugNaNSteps(learner, sample_task, meta_batch_size, keys, probe, name)
     else:
-        compiled = jax.jit(run_chunk, donate_argnums=0).lower(meta_state, np.int32(0), np.int32(1)).compile()
+        sharded = {} if mesh is None else {"out_shardings": replicated}
+        compiled = jax.jit(run_chunk, donate_argnums=0, **sharded).lower(meta_state, np.int32(0), np.int32(1)).compile()
     compile_seconds = time.perf_counter() - compile_start
 
-    writer = MetricsWriter(out, keep_before=start) if out is not None else None
+    writes = out is not None and primary
+    writer = MetricsWriter(out, keep_before=start) if writes else None
     # The evaluation at the resume step was written before its checkpoint: keep it.
-    eval_writer = MetricsWriter(out, "eval", keep_before=start + 1 if start < steps else start) if out is not None else None
+    eval_writer = MetricsWriter(out, "eval", keep_before=start + 1 if start < steps else start) if writes else None
     history: dict[str, list] = {}
     evals: list[dict] = []
     last_checkpoint = ckpt.latest_checkpoint(checkpoints) if out is not None else None
@@ -335,7 +379,7 @@ def train(
         record = {"fingerprint": fingerprint, "seed": seed, "name": name, "data_key": np.asarray(keys.data).tolist()}
         return ckpt.save_checkpoint(checkpoints, step, meta_state, record, keep_checkpoints)
 
-    bar = _progress(progress, steps, start, name)
+    bar = _progress(progress and primary, steps, start, name)
     per_step_seconds, train_seconds, steps_run = None, 0.0, 0
     step = start
     try:
@@ -371,7 +415,7 @@ def train(
             if eval_every is not None and step % eval_every == 0 and step < steps:
                 record_eval(step, meta_state)
                 bar.set_postfix_str(_postfix(rows, evals))
-            if out is not None and checkpoint_every is not None and step % checkpoint_every == 0 and step < steps:
+            if writes and checkpoint_every is not None and step % checkpoint_every == 0 and step < steps:
                 last_checkpoint = save(step, meta_state)
     finally:
         bar.close()
@@ -398,7 +442,7 @@ def train(
         "jax": jax.__version__,
     }
     history_arrays = {key: np.concatenate(parts) for key, parts in history.items()}
-    if out is not None:
+    if writes:
         save(step, meta_state)
         save_npz_atomic(os.path.join(out, "eval_final.npz"), {**per_task_final, **({"group": labels} if labels is not None else {})})
         write_json_atomic(os.path.join(out, "summary.json"), summary)

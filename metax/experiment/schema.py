@@ -317,6 +317,7 @@ class TrainConfig:
     checkpoint_every: Optional[PositiveInt] = None  # None: at the end only
     keep_checkpoints: PositiveInt = 3  # how many of the newest checkpoints stay on disk
     check_finite: Optional[list[str]] = None  # metrics that must stay finite; None: the learner's defaults
+    devices: PositiveInt = 1  # split each meta-batch over this many devices (a mesh with a task axis)
 
 
 @dataclasses.dataclass
