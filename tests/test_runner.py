@@ -251,3 +251,17 @@ def test_every_registered_name_is_described_and_list_prints_them(capsys):
             if cls.__name__ in ("ImplicitDifferentiation",):
                 continue
             assert any(e.target is cls for e in registry("learners").entries()), cls
+
+
+def test_a_chain_of_optimisers_from_a_config_is_optax_chain():
+    from metax.experiment.schema import build_component, resolve_component
+
+    spec = {"name": "chain", "transforms": [{"name": "clip_by_global_norm", "max_norm": 1.0}, {"name": "sgd", "learning_rate": 0.5}]}
+    resolved = resolve_component(spec, ("optimizers",), "optim")
+    assert resolved["transforms"][1] == {"name": "sgd", "learning_rate": 0.5, "momentum": None, "nesterov": False, "accumulator_dtype": None}
+    built = build_component(resolved, ("optimizers",), {}, "optim")
+    grads = {"w": jnp.array([3.0, 4.0])}  # norm 5: clipped to norm 1, then times -0.5
+    updates, _ = built.update(grads, built.init(grads))
+    np.testing.assert_allclose(updates["w"], [-0.3, -0.4], rtol=1e-6)
+    with pytest.raises(metax.experiment.ConfigError, match="chain needs at least one transform"):
+        build_component(resolve_component({"name": "chain", "transforms": []}, ("optimizers",), "optim"), ("optimizers",), {}, "optim")

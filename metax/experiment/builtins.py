@@ -175,6 +175,19 @@ for _name in OPTAX_NAMES:
         _doc = (getattr(optax, _name).__doc__ or "").strip().splitlines()
         register("optimizer", _name, getattr(optax, _name), description=f"optax.{_name}: " + (_doc[0] if _doc else ""))
 
+
+def chain(transforms: list) -> optax.GradientTransformation:
+    """Applies optimisers and transformations in order, e.g. clipping then SGD (optax.chain)."""
+    if not transforms:
+        raise ValueError("chain needs at least one transform, e.g. [{name: clip_by_global_norm, max_norm: 1.0}, {name: sgd, ...}].")
+    return optax.chain(*transforms)
+
+
+register("optimizer", "chain", chain, components={"transforms": ("optimizers",)})
+register("optimizer", "clip_by_global_norm", optax.clip_by_global_norm,
+         description="optax.clip_by_global_norm: rescale updates whose global norm exceeds max_norm (use inside chain).")
+register("optimizer", "clip", optax.clip, description="optax.clip: clip every update entry to [-max_delta, max_delta] (use inside chain).")
+
 # -- learned inner optimisers --------------------------------------------------------------
 
 register("kernel", "meta_sgd", metax.kernel.MetaSGD, description="Meta-SGD: a learned rate per parameter entry.")

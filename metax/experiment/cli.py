@@ -123,6 +123,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"metax: run stopped: {error}", file=sys.stderr)
         return EXIT_RUN
+    except BrokenPipeError:  # the reader went away (`metax list | head`)
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("metax: interrupted; continue with `metax run CONFIG --out DIR --resume`.", file=sys.stderr)
         return 130

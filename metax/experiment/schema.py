@@ -245,7 +245,9 @@ def resolve_component(value: Any, kinds: tuple[str, ...], path: str) -> dict:
         key_path = f"{path}.{param.name}"
         if param.name in given:
             raw = given[param.name]
-            if param.components and raw is not None:
+            if param.components and isinstance(raw, list):  # a list of components (e.g. a chain)
+                resolved[param.name] = [resolve_component(v, param.components, f"{key_path}[{i}]") for i, v in enumerate(raw)]
+            elif param.components and raw is not None:
                 resolved[param.name] = resolve_component(raw, param.components, key_path)
             else:
                 resolved[param.name] = _to_plain(check_value(raw, param.annotation, key_path), raw)
@@ -288,7 +290,9 @@ def build_component(resolved: dict, kinds: tuple[str, ...], context: dict, path:
         if param.name not in resolved:
             continue
         value = resolved[param.name]
-        if param.components and value is not None:
+        if param.components and isinstance(value, list):
+            value = [build_component(v, param.components, {}, f"{path}.{param.name}[{i}]") for i, v in enumerate(value)]
+        elif param.components and value is not None:
             value = build_component(value, param.components, {}, f"{path}.{param.name}")
         else:
             value = check_value(value, param.annotation, f"{path}.{param.name}")
