@@ -6,6 +6,7 @@ from metax import kernel
 from metax import learner
 from metax import models
 from metax import module
+from metax import parallel
 from metax import tilt
 from metax import utils
 
@@ -22,6 +23,7 @@ __all__ = [
     "learner",
     "models",
     "module",
+    "parallel",
     "tilt",
     "utils",
 ]

@@ -36,6 +36,7 @@ from metax.experiment.io import save_npz_atomic, write_json_atomic
 from metax.experiment.stats import format_interval, interval
 from metax.experiment.writers import MetricsWriter
 from metax.learner.base import MetaLearner, MetaLearnerState
+from metax.parallel import task_mesh
 
 TARGET_SECONDS = 0.5  # wall time of one compiled chunk when `chunk` is not set
 MAX_CHUNK = 4096  # longest chunk (the length of the per-step metric buffers)
@@ -191,30 +192,13 @@ def make_chunk(
 
 
 def _mesh(devices: int, meta_batch_size: int):
-    """`(mesh, replicated, by_task)` shardings for `devices` devices, or Nones for one.
-
-    Raises:
-      ConfigError: for more devices than exist, or a meta-batch they do not divide.
-    """
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ConfigError(f"devices must be a positive int, got {devices!r}.")
-    if devices == 1 and jax.process_count() == 1:
-        return None, None, None
-    available = jax.devices()
-    if devices > len(available):
-        raise ConfigError(
-            f"train.devices={devices} but {len(available)} device(s) are visible ({available[0].platform}); "
-            "use fewer, or on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N before starting."
-        )
-    if meta_batch_size % devices:
-        lower, upper = (meta_batch_size // devices) * devices, (meta_batch_size // devices + 1) * devices
-        raise ConfigError(
-            f"meta_batch_size={meta_batch_size} does not split over {devices} devices; use a multiple of "
-            f"{devices} (e.g. {lower or upper} or {upper}) or another device count."
-        )
-    mesh = jax.sharding.Mesh(np.array(available[:devices]), ("tasks",))
-    spec = jax.sharding.PartitionSpec
-    return mesh, jax.sharding.NamedSharding(mesh, spec()), jax.sharding.NamedSharding(mesh, spec("tasks"))
+    """`(mesh, replicated, by_task)` for `devices` devices, or Nones for one (see
+    `metax.parallel.task_mesh`); bad counts become ConfigErrors."""
+    try:
+        found = task_mesh(devices, meta_batch_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return (None, None, None) if found is None else found
 
 
 def _next_stop(step: int, steps: int, *periods: Optional[int]) -> int:
