@@ -105,6 +105,10 @@ def test_eval_scores_every_held_out_task_and_summary_intervals_are_right(tmp_pat
     np.testing.assert_allclose(per_task[6], loss, rtol=1e-5)
     saved = np.load(tmp_path / "run" / "eval_final.npz")
     np.testing.assert_array_equal(saved["loss_outer"], per_task)
+    # The model-free reference: predict each query target by the task's support mean.
+    y_train, y_test = np.asarray(tasks.train.y, np.float64), np.asarray(tasks.test.y, np.float64)
+    baseline = np.mean((y_test - y_train.mean(axis=1, keepdims=True)) ** 2, axis=(1, 2))
+    assert result.summary["held_out_baselines"]["support_mean"]["mean"] == pytest.approx(baseline.mean(), rel=1e-5)
 
 
 def test_run_writes_metrics_checkpoints_summary_and_plots(tmp_path):

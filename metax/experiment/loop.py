@@ -409,6 +409,11 @@ def train(
     final = _summarise(per_task_final, groups, labels)
 
     initial_eval = next((e for e in evals if e["step"] == 0), None)
+    baselines = {}
+    if jnp.issubdtype(held_out.train.y.dtype, jnp.floating) and held_out.train.y.ndim == 3:
+        # A reference without any model: predict every query target by the support mean.
+        mean = jnp.mean(held_out.train.y, axis=1, keepdims=True)
+        baselines["support_mean"] = interval(np.asarray(jnp.mean(jnp.square(held_out.test.y - mean), axis=(1, 2))))
     summary = {
         "name": name,
         "learner": type(learner).__name__,
@@ -417,6 +422,7 @@ def train(
         "seed": seed,
         "held_out": {"tasks": int(len(next(iter(per_task_final.values())))), "adaptation_steps": eval_steps, **final},
         "held_out_initial": {k: v for k, v in initial_eval.items() if k != "step"} if initial_eval else None,
+        "held_out_baselines": baselines,
         "meta_steps_per_second": steps_run / train_seconds if train_seconds > 0 else None,
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds,
