@@ -1,6 +1,7 @@
 """metax: a functional meta-learning framework in JAX and Haiku."""
 
 from metax import data
+from metax import dynamics
 from metax import energy
 from metax import experiment
 from metax import kernel
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "data",
+    "dynamics",
     "energy",
     "experiment",
     "kernel",
