@@ -59,6 +59,14 @@ class Architecture:
     def name(self) -> str:
         return f"{self.kind}-d{self.depth}-w{self.width}-{self.activation}"
 
+    @classmethod
+    def from_name(cls, name: str) -> "Architecture":
+        """The inverse of `name`: "mlp-d2-w32-relu" -> Architecture("mlp", 2, 32, "relu")."""
+        parts = name.split("-")
+        if len(parts) != 4 or parts[1][:1] != "d" or parts[2][:1] != "w" or not (parts[1][1:].isdigit() and parts[2][1:].isdigit()):
+            raise ValueError(f"architecture name must look like 'mlp-d2-w32-relu' (kind-d<depth>-w<width>-activation), got {name!r}.")
+        return cls(parts[0], int(parts[1][1:]), int(parts[2][1:]), parts[3])
+
     def encoding(self) -> dict[str, int]:
         """Numeric codes logged with every step: depth, width, activation id, kind id."""
         return {

@@ -118,6 +118,11 @@ def predict(config: PredictorConfig, predictor: Predictor, feats: jax.Array) -> 
     return _network(config).apply(predictor.params, x) * predictor.y_std + predictor.y_mean
 
 
+def loss_ahead_from_output(loss_ema, log_loss_ratio):
+    """The predicted loss k steps ahead from output 0 (clipped so a wild prediction stays finite)."""
+    return loss_ema * np.exp(np.clip(log_loss_ratio, -20.0, 20.0))
+
+
 def table_columns(table: pa.Table) -> dict[str, np.ndarray]:
     """The numeric columns of a dataset table as numpy arrays (NaN kept)."""
     return {
@@ -242,7 +247,7 @@ def evaluate_predictor(config: PredictorConfig, predictor: Predictor, table: pa.
         loss = run["loss"].astype(np.float64)
         linear = linear_extrapolation(loss, k, k)
         valid = np.isfinite(run["loss_ahead"]) & np.isfinite(linear)
-        loss_rows["predictor"].append((run["loss_ema"] * np.exp(out[:, 0]))[valid])
+        loss_rows["predictor"].append(loss_ahead_from_output(run["loss_ema"], out[:, 0])[valid])
         loss_rows["last_value"].append(loss[valid])
         loss_rows["last_ema"].append(run["loss_ema"][valid])
         loss_rows["linear_extrapolation"].append(linear[valid])
