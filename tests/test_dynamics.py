@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import struct
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import pytest
 
 import metax.dynamics as dyn
 from metax.dynamics import sweep as sweep_module
+from metax.experiment import write_json_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,22 +51,54 @@ def snapshot(folder):
     return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder, "runs").glob("*"))}
 
 
-@pytest.fixture(scope="module")
-def small_sweep(tmp_path_factory):
+def build_small_sweep(out):
     """A 2-architecture x 2-rate x 2-seed sweep, interrupted after its first group, then resumed."""
-    out = tmp_path_factory.mktemp("sweep") / "sweep"
     spec = dyn.SweepSpec.from_dict(SMALL_SPEC)
     patch = pytest.MonkeyPatch()
     interrupted = CountingTrainer(interrupt_on_call=2)
     patch.setattr(sweep_module, "train_runs", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        dyn.run_sweep(spec, str(out), progress=False)
-    after_interrupt = snapshot(out)
-    resumed = CountingTrainer()
-    patch.setattr(sweep_module, "train_runs", resumed)
-    result = dyn.run_sweep(spec, str(out), resume=True, progress=False)
-    patch.undo()
-    return {"out": out, "spec": spec, "interrupted": interrupted, "after_interrupt": after_interrupt, "resumed": resumed, "result": result}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dyn.run_sweep(spec, str(out), progress=False)
+        after_interrupt = snapshot(out)
+        resumed = CountingTrainer()
+        patch.setattr(sweep_module, "train_runs", resumed)
+        result = dyn.run_sweep(spec, str(out), resume=True, progress=False)
+    finally:
+        patch.undo()
+    return {
+        "after_interrupt": {name: content.hex() for name, content in after_interrupt.items()},
+        "resumed_runs": resumed.runs,
+        "trained": list(result.trained),
+        "skipped": list(result.skipped),
+    }
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory, request):
+    """The small sweep, built once per test session even under pytest-xdist: the first
+    worker to take the lock builds it in the session's shared temp folder, others wait."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if hasattr(request.config, "workerinput") else base
+    out, info, lock = root / "dynamics_sweep", root / "dynamics_sweep.json", root / "dynamics_sweep.lock"
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+        try:
+            record = build_small_sweep(out)
+        except BaseException as error:
+            record = {"error": repr(error)}
+            raise
+        finally:
+            write_json_atomic(str(info), record)
+    except FileExistsError:
+        deadline = time.time() + 600
+        while not info.exists():
+            assert time.time() < deadline, "timed out waiting for another worker's sweep"
+            time.sleep(0.2)
+        record = json.loads(info.read_text())
+    assert "error" not in record, record
+    record["after_interrupt"] = {name: bytes.fromhex(content) for name, content in record["after_interrupt"].items()}
+    return {"out": out, "spec": dyn.SweepSpec.from_dict(SMALL_SPEC), **record}
 
 
 # --- logging inside the compiled step ---------------------------------------------------
@@ -134,8 +168,9 @@ def test_interrupted_sweep_resumes_without_retraining(small_sweep):
     first_group = len(small_sweep["after_interrupt"])
     assert first_group == 4  # one architecture's 2 rates x 2 seeds were written before Ctrl-C
     assert not [n for n in small_sweep["after_interrupt"] if not n.endswith(".npz")]  # no debris
-    assert small_sweep["resumed"].runs == total - first_group
-    assert len(small_sweep["result"].trained) == total - first_group and len(small_sweep["result"].skipped) == first_group
+    assert small_sweep["resumed_runs"] == total - first_group
+    assert len(small_sweep["trained"]) == total - first_group and len(small_sweep["skipped"]) == first_group
+    assert not set(small_sweep["trained"]) & {name[: -len(".npz")] for name in small_sweep["after_interrupt"]}
     # The runs finished before the interruption are byte for byte the same files.
     now = snapshot(small_sweep["out"])
     assert all(now[name] == content for name, content in small_sweep["after_interrupt"].items())
@@ -228,18 +263,22 @@ def test_predictor_beats_the_last_value_on_held_out_runs(fitted):
     assert loss["predictor"]["mae"] < loss["linear_extrapolation"]["mae"], loss
 
 
-def test_controller_keeps_the_rate_within_bounds_and_stops_at_the_target(fitted):
-    _, _, config, predictor = fitted
+def test_controller_keeps_the_rate_within_bounds_and_stops_at_the_target():
+    # An untrained predictor: whatever it prefers, the rate must stay inside the bounds.
+    config = dyn.PredictorConfig(k=5, target_accuracy=0.9, epochs=3, hidden=(8,))
+    width = len(dyn.FEATURE_NAMES)
+    params = dyn.predictor._network(config).init(jax.random.PRNGKey(3), jnp.zeros((1, width)))
+    predictor = dyn.Predictor(params, jnp.zeros(width), jnp.ones(width), jnp.zeros(3), jnp.ones(3))
     data = sweep_module.load_sweep_data(dyn.SweepSpec.from_dict(SMALL_SPEC))
     # Extreme multipliers: every decision lands on a bound unless the clip is wrong.
     controller = dyn.LRController(config, 1e-3, 2e-2, multipliers=(0.01, 100.0), interval=7, warmup=7)
     arch = dyn.Architecture("mlp", 1, 12, "tanh")
-    result = dyn.train_with_controller(arch, "adam", 3e-3, [0], data, controller, predictor, epochs=2, batch_size=32, val_every=5)
-    lr = result.logs["lr"][0]
-    assert np.all(lr >= 1e-3 * (1 - 1e-6)) and np.all(lr <= 2e-2 * (1 + 1e-6))
-    changed = np.flatnonzero(np.diff(lr) != 0)  # lr[t+1] != lr[t]: a decision after step t
-    assert changed.size > 0 and np.all((changed + 1) % 7 == 0), changed
-    assert np.all(np.isclose(lr[7:], 1e-3) | np.isclose(lr[7:], 2e-2))
+    result = dyn.train_with_controller(arch, "adam", 3e-3, [0, 1], data, controller, predictor, epochs=2, batch_size=32, val_every=5)
+    for lr in result.logs["lr"]:
+        assert np.all(lr >= 1e-3 * (1 - 1e-6)) and np.all(lr <= 2e-2 * (1 + 1e-6))
+        changed = np.flatnonzero(np.diff(lr) != 0)  # lr[t+1] != lr[t]: a decision after step t
+        assert changed.size > 0 and np.all((changed + 1) % 7 == 0), changed
+        assert np.all(np.isclose(lr[7:], 1e-3) | np.isclose(lr[7:], 2e-2))
     # Early stop: a target every run meets after one epoch ends training there.
     stopped = dyn.train_with_controller(
         arch, "adam", 3e-3, [0, 1], data, controller, predictor, epochs=3, batch_size=32, val_every=5, target_accuracy=0.0
@@ -247,7 +286,7 @@ def test_controller_keeps_the_rate_within_bounds_and_stops_at_the_target(fitted)
     np.testing.assert_array_equal(stopped.epochs_to_target, [1, 1])
     assert stopped.logs["lr"].shape[1] == data.train_x.shape[0] // 32
     with pytest.raises(ValueError, match="bounds"):
-        dyn.train_with_controller(arch, "adam", 0.5, [0], data, controller, predictor, epochs=1, batch_size=32, val_every=5)
+        dyn.train_with_controller(arch, "adam", 0.5, [0, 1], data, controller, predictor, epochs=1, batch_size=32, val_every=5)
 
 
 # --- bad input -------------------------------------------------------------------------

@@ -108,8 +108,9 @@ def make_epoch_fn(
 ) -> Callable:
     """One epoch of one run as a pure function (vmap it over runs).
 
-    Returns `epoch(state, policy_params, order, train_x, train_y, val_x, val_y, epoch_index)
-    -> (state, logs)` (`order`: the epoch's shuffled image indices, see `epoch_order`) where `logs` maps each logged name to an array `(steps_per_epoch, ...)`.
+    Returns `epoch(state, policy_params, order, train_x, train_y, val_x, val_y, test_x, test_y,
+    epoch_index) -> (state, logs, test_accuracy)` (`order`: the epoch's shuffled image
+    indices, see `epoch_order`; the test accuracy is measured after the epoch's last step) where `logs` maps each logged name to an array `(steps_per_epoch, ...)`.
     With `lr_policy`, the rate for step t+1 is `lr_policy(policy_params, log_t, t)` (computed
     in the graph from step t's measurements); without, the rate stays as initialised.
     """
@@ -118,7 +119,14 @@ def make_epoch_fn(
     codes = {**arch.encoding(), "optimizer": OPTIMIZER_NAMES.index(optimizer)}
     grad_fn = jax.value_and_grad(functools.partial(_loss_and_accuracy, apply), has_aux=True)
 
-    def epoch(state: RunState, policy_params, order, train_x, train_y, val_x, val_y, epoch_index):
+    def epoch(state: RunState, policy_params, order, train_x, train_y, val_x, val_y, test_x, test_y, epoch_index):
+        # The untrained network's validation accuracy stands in until the first measurement.
+        initial = jax.lax.cond(
+            epoch_index == 0,
+            lambda: _accuracy(apply, state.params, val_x, val_y),
+            lambda: state.trackers.val_acc_last.astype(jnp.float32),
+        )
+        state = state._replace(trackers=state.trackers._replace(val_acc_last=initial))
 
         def step(state: RunState, i):
             global_step = epoch_index * steps_per_epoch + i
@@ -173,7 +181,8 @@ def make_epoch_fn(
                 opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": next_lr})
             return RunState(params, opt_state, trackers), log
 
-        return jax.lax.scan(step, state, jnp.arange(steps_per_epoch))
+        state, logs = jax.lax.scan(step, state, jnp.arange(steps_per_epoch))
+        return state, logs, _accuracy(apply, state.params, test_x, test_y)
 
     return epoch
 
@@ -183,13 +192,7 @@ def _compiled_epoch(arch, optimizer, num_classes, batch_size, steps_per_epoch, v
     epoch = make_epoch_fn(
         arch, optimizer, num_classes, batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_every=val_every, lr_policy=lr_policy
     )
-    return jax.jit(jax.vmap(epoch, in_axes=(0, None, 0, None, None, None, None, None)))
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_accuracy(arch, num_classes):
-    apply = build_network(arch, num_classes).apply
-    return jax.jit(jax.vmap(functools.partial(_accuracy, apply), in_axes=(0, None, None)))
+    return jax.jit(jax.vmap(epoch, in_axes=(0, None, 0, None, None, None, None, None, None, None)))
 
 
 def init_params(arch: Architecture, num_classes: int, sample: np.ndarray, seed: int) -> hk.Params:
@@ -220,11 +223,6 @@ def epoch_order(seed: int, epoch_index: int, num_train: int) -> np.ndarray:
     return np.random.default_rng([seed, 1, epoch_index]).permutation(num_train).astype(np.int32)
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_init_opt(optimizer):
-    return jax.jit(jax.vmap(lambda p, lr: make_optimizer(optimizer, lr).init(p)))
-
-
 def init_runs(
     arch: Architecture, optimizer: str, learning_rates: Sequence[float], seeds: Sequence[int], data: ClassificationData
 ) -> RunState:
@@ -236,10 +234,9 @@ def init_runs(
     sample = np.asarray(data.train_x[:1])
     per_run = [init_params(arch, data.num_classes, sample, int(seed)) for seed in seeds]
     params = jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack(leaves)), *per_run)
-    opt_state = _compiled_init_opt(optimizer)(params, jnp.asarray(learning_rates, jnp.float32))
-    val_acc = _compiled_accuracy(arch, data.num_classes)(params, jnp.asarray(data.val_x), jnp.asarray(data.val_y))
+    opt_state = jax.vmap(lambda p, lr: make_optimizer(optimizer, lr).init(p))(params, jnp.asarray(learning_rates, jnp.float32))
     nan = jnp.full((len(seeds),), jnp.nan, jnp.float32)
-    return RunState(params, opt_state, Trackers(nan, nan, nan, nan, val_acc))
+    return RunState(params, opt_state, Trackers(nan, nan, nan, nan, nan))  # val_acc_last: set by the first epoch
 
 
 def steps_per_epoch(data: ClassificationData, batch_size: int) -> int:
@@ -278,9 +275,7 @@ def train_runs(
         raise ValueError(f"epochs, batch_size and val_every must be positive, got {epochs}, {batch_size}, {val_every}.")
     steps = steps_per_epoch(data, batch_size)
     epoch_fn = _compiled_epoch(arch, optimizer, data.num_classes, batch_size, steps, val_every, lr_policy)
-    accuracy = _compiled_accuracy(arch, data.num_classes)
-    arrays = [jnp.asarray(a) for a in (data.train_x, data.train_y, data.val_x, data.val_y)]
-    test_x, test_y = jnp.asarray(data.test_x), jnp.asarray(data.test_y)
+    arrays = [jnp.asarray(a) for a in (data.train_x, data.train_y, data.val_x, data.val_y, data.test_x, data.test_y)]
     state = init_runs(arch, optimizer, learning_rates, seeds, data)
     runs = len(seeds)
     target = None if target_accuracy is None else np.broadcast_to(np.asarray(target_accuracy, np.float64), (runs,))
@@ -288,10 +283,10 @@ def train_runs(
     chunks, val_epochs, test_epochs = [], [], []
     for epoch_index in range(epochs):
         order = np.stack([epoch_order(int(seed), epoch_index, data.train_x.shape[0]) for seed in seeds])
-        state, logs = epoch_fn(state, policy_params, order, *arrays, jnp.asarray(epoch_index, jnp.int32))
+        state, logs, test_acc = epoch_fn(state, policy_params, order, *arrays, jnp.asarray(epoch_index, jnp.int32))
         chunks.append(jax.device_get(logs))
         val_epochs.append(np.asarray(chunks[-1]["val_acc"][:, -1]))
-        test_epochs.append(np.asarray(accuracy(state.params, test_x, test_y)))
+        test_epochs.append(np.asarray(test_acc))
         if on_epoch is not None:
             on_epoch(epoch_index + 1)
         if target is not None:
