@@ -350,6 +350,8 @@ BAD_INPUT = [
     ("non-positive width", _spec(architectures=[{"kind": "mlp", "depth": 1, "width": 0, "activation": "relu"}]), dyn.SpecError, "'width' must be positive"),
     ("negative rate", _spec(learning_rates=[-0.1]), dyn.SpecError, "positive"),
     ("mnist without a path", _spec(dataset="mnist"), dyn.SpecError, "mnist_path"),
+    ("validation fraction out of range", _spec(val_fraction=1.5), dyn.SpecError, "val_fraction"),
+    ("unknown dataset", _spec(dataset="cifar"), dyn.SpecError, "dataset"),
 ]
 
 

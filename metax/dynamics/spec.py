@@ -96,6 +96,11 @@ class SweepSpec:
             raise SpecError("sweep spec: dataset 'mnist' needs mnist_path, the folder holding the MNIST IDX files.")
         if self.max_train is not None:
             _positive_int("max_train", self.max_train)
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
+            raise SpecError(
+                f"sweep spec: val_fraction={self.val_fraction} and test_fraction={self.test_fraction} must lie in (0, 1) "
+                "with a sum below 1."
+            )
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "SweepSpec":
