@@ -109,8 +109,9 @@ def make_epoch_fn(
     """One epoch of one run as a pure function (vmap it over runs).
 
     Returns `epoch(state, policy_params, order, train_x, train_y, val_x, val_y, test_x, test_y,
-    epoch_index) -> (state, logs, test_accuracy)` (`order`: the epoch's shuffled image
-    indices, see `epoch_order`; the test accuracy is measured after the epoch's last step) where `logs` maps each logged name to an array `(steps_per_epoch, ...)`.
+    epoch_index) -> (state, logs, test_accuracy)`: `order` holds the epoch's shuffled image
+    indices (`epoch_order`), `logs` maps each logged name to an array `(steps_per_epoch, ...)`
+    and the test accuracy is measured after the epoch's last step.
     With `lr_policy`, the rate for step t+1 is `lr_policy(policy_params, log_t, t)` (computed
     in the graph from step t's measurements); without, the rate stays as initialised.
     """
