@@ -3,13 +3,15 @@
 from metax import data
 from metax import dynamics
 from metax import energy
-from metax import experiment
 from metax import kernel
 from metax import learner
 from metax import models
 from metax import module
 from metax import tilt
 from metax import utils
+
+# Last: the runner builds on every part above.
+from metax import experiment  # noqa: E402
 
 __version__ = "0.1.0"
 
