@@ -24,7 +24,7 @@ import numpy as np
 from metax.dynamics.data import ClassificationData, load_classification_data
 from metax.dynamics.spec import RunConfig, SpecError, SweepSpec
 from metax.dynamics.training import steps_per_epoch, train_runs
-from metax.experiment import write_json_atomic
+from metax.experiment.io import write_json_atomic  # the submodule: safe while metax.experiment initialises
 
 SPEC_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"
