@@ -13,10 +13,14 @@ from metax import utils
 # Last: the runner builds on every part above.
 from metax import experiment  # noqa: E402
 
+# After the runner: sweeps write their files with its atomic writer.
+from metax import dynamics  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
     "data",
+    "dynamics",
     "energy",
     "experiment",
     "kernel",
