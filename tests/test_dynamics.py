@@ -398,3 +398,25 @@ def test_study_script_smoke(small_sweep, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         script.main(argv)
     assert exit_info.value.code == 2
+
+
+def test_metax_sweep_command_trains_refuses_and_resumes(small_sweep, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    from metax.experiment.cli import main
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SMALL_SPEC))
+    out = tmp_path / "sweep"
+    shutil.copytree(small_sweep["out"], out)  # a finished sweep of this spec
+    before = sorted(p.name for p in (out / "runs").iterdir())
+    assert main(["sweep", str(spec_path), "--out", str(out), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["sweep", str(spec_path), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "trained 0 run(s), 8 already there" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "runs").iterdir()) == before
+    spec_path.write_text(yaml.safe_dump({**SMALL_SPEC, "epochz": 3}))
+    assert main(["sweep", str(spec_path), "--out", str(tmp_path / "new"), "--no-progress"]) == 2
+    assert "epochs" in capsys.readouterr().err and not (tmp_path / "new").exists()

@@ -6,6 +6,7 @@
     metax validate CONFIG.yaml [--set key=value ...]
     metax list [learners|modules|tasks|models|optimizers|kernels] [--plugin FILE]
     metax compare RUN_DIR ... [--out DIR] [--metric NAME]
+    metax sweep SPEC.yaml [--out DIR] [--resume]
 
 Exit status: 0 done; 2 bad input (a config, an argument, a folder), with a one-paragraph
 message and no traceback unless `--debug`; 3 a run stopped on a non-finite value; 130
@@ -76,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("kind", nargs="?", help="one kind (default: all)")
     listing.add_argument("--plugin", action="append", default=[], help="also load this plugin file (repeatable)")
     listing.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    sweep = commands.add_parser("sweep", help="train a grid of small classifiers and log their dynamics (metax.dynamics)")
+    sweep.add_argument("spec", help="YAML sweep spec (see experiments/dynamics/sweep.yaml)")
+    sweep.add_argument("--out", help="sweep folder (default runs/<spec name>)")
+    sweep.add_argument("--resume", action="store_true", help="skip the runs the folder already holds")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     compare = commands.add_parser("compare", help="held-out metrics of several runs with 95%% intervals")
     compare.add_argument("run_dirs", nargs="+", help="run folders, or folders of seed runs")
@@ -522,7 +530,28 @@ def command_compare(args) -> int:
     return 0
 
 
+def command_sweep(args) -> int:
+    from metax import dynamics
+    from metax.experiment.schema import read_yaml
+
+    data, _ = read_yaml(args.spec)
+    try:
+        spec = dynamics.SweepSpec.from_dict(data)
+    except ValueError as error:
+        raise ConfigError(f"{args.spec}: {error}") from error
+    out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.spec))[0])
+    try:
+        result = dynamics.run_sweep(spec, out, resume=args.resume, progress=not args.no_progress)
+    except FileExistsError as error:
+        raise ConfigError(f"{error} Pass --resume to add the missing runs, or choose another --out.") from error
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"{args.spec}: {error}") from error
+    print(f"{out}: trained {len(result.trained)} run(s), {len(result.skipped)} already there, in {result.seconds:.0f} s")
+    return 0
+
+
 COMMANDS = {
+    "sweep": command_sweep,
     "run": command_run,
     "eval": command_eval,
     "plot": command_plot,
