@@ -295,10 +295,10 @@ class MetaLearner(abc.ABC):
         task = jax.tree_util.tree_map(lambda leaf: leaf[0], metabatch)
         for split, loss_fn in (("train", self.meta_model.loss_fn_inner), ("test", self.meta_model.loss_fn_outer)):
             data = getattr(task, split)
-            pred = self._output_shape(hstate, hparams, data.x, f"metabatch.{split}.x", jnp.shape(metabatch.train.x))
+            pred = self._output_shape(hstate, hparams, data.x, f"metabatch.{split}.x")
             contract.check_targets(loss_fn, pred, data.y, f"metabatch.{split}.y")
 
-    def _output_shape(self, hstate, hparams, x, argument, batch_shape=None) -> jax.ShapeDtypeStruct:
+    def _output_shape(self, hstate, hparams, x, argument) -> jax.ShapeDtypeStruct:
         def forward(hstate, hparams, x):
             rng = jax.random.PRNGKey(0)
             params, state = self.meta_model.reset_params(rng, hparams, hstate, x)
