@@ -143,8 +143,9 @@ class MetaLearner(abc.ABC):
         learners with `gradient_through_inner_loop` (MAML, LearnedKernel) accept them;
         the others refuse them rather than ignore them.
 
-    Every learner takes these arguments in this order, then its own (metax's positional
-    ones), then keyword-only extras.
+    Learners keep metax's positional signatures (which add their own arguments among
+    these, e.g. `steps_cg`); everything metax did not have is keyword-only, after them,
+    and `extra_metrics`, `truncation`, `remat` are keyword-only in every learner.
 
     Metrics of `update` and `eval`, averaged over the meta-batch's tasks unless noted:
       `loss_outer` (query loss after adaptation, plus any other metric of the outer
