@@ -68,7 +68,8 @@ def test_nan_in_the_data_is_counted_not_raised():
     _, bad = update(jax.random.PRNGKey(1), state, poisoned(batch))
     # One task of three: its 3 inner losses are NaN, and so is its meta-gradient.
     assert int(bad["nonfinite_inner"]) == 3 and int(bad["nonfinite_outer"]) == 1
-    _, per_task = learner.eval(jax.random.PRNGKey(2), state, poisoned(batch), 3, per_task=True)
+    evaluate = jax.jit(learner.eval, static_argnames=("steps", "per_task"))
+    _, per_task = evaluate(jax.random.PRNGKey(2), state, poisoned(batch), 3, per_task=True)
     np.testing.assert_array_equal(per_task["nonfinite_inner"], [0, 3, 0])
 
 
@@ -115,7 +116,7 @@ def test_divergent_neumann_series_shows_in_its_metric(float64):
     task = ridge_task(0)
     learner = metax.learner.RecurrentBackpropagation(ridge_module(), None, 2, 20, optax.sgd(inner_lr(task)), optax.sgd(0.1), 5.0)
     state = learner.reset(jax.random.PRNGKey(0), task.train.x)
-    _, metrics = learner.update(jax.random.PRNGKey(1), state, jax.tree_util.tree_map(lambda a: a[None], task))
+    _, metrics = jax.jit(learner.update)(jax.random.PRNGKey(1), state, jax.tree_util.tree_map(lambda a: a[None], task))
     assert float(metrics["neumann_ratio"]) > 1e3
 
 
@@ -318,8 +319,8 @@ def test_models_called_outside_a_transform_are_metax_pairs_and_modules_inside_on
     np.testing.assert_allclose(linear.apply(lp, {}, None, x, True)[0], x @ lp["linear/linear"]["w"] + lp["linear/linear"]["b"], rtol=1e-6)
     assert isinstance(metax.models.LinearBlock(3, batch_norm=True), hk.TransformedWithState)
     conv = metax.models.Conv4(2, 0.5, readout=3)
-    cp, cs = conv.init(jax.random.PRNGKey(2), jnp.ones((2, 8, 8, 1)), True)
-    assert conv.apply(cp, cs, None, jnp.ones((2, 8, 8, 1)), False)[0].shape == (2, 3)
+    cp, _ = jax.eval_shape(lambda x: conv.init(jax.random.PRNGKey(2), x, True), jnp.ones((2, 8, 8, 1)))
+    assert cp["conv4/readout"]["w"].shape == (2, 3)  # 8x8 pooled four times: 1x1x2 features
     decay = hk.transform(lambda: metax.models.Conv4(2, 0.5, readout=3).blocks[0].decay).apply({}, None)
     assert decay == 0.5  # metax's second positional argument is batch norm's decay
     with pytest.raises(ValueError, match="output_sizes must be positive"):
