@@ -38,7 +38,7 @@ def _scan(root: str) -> tuple[list[str], list[list[str]]]:
     """Class names `group/class` (sorted) and each class's image paths relative to root."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"No image folder at {root!r}; expected root/<group>/<class>/*.png.")
-    names, files = [], []
+    names, files, empty = [], [], []
     for group in sorted(os.listdir(root)):
         group_dir = os.path.join(root, group)
         if not os.path.isdir(group_dir) or group.startswith("."):
@@ -52,16 +52,19 @@ def _scan(root: str) -> tuple[list[str], list[list[str]]]:
                 if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(class_dir, f))
             )
             if not images:
-                raise ValueError(
-                    f"The class folder {class_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                    "remove it or add its images."
-                )
+                empty.append(class_dir)
+                continue
             names.append(f"{group}/{cls}")
             files.append([os.path.join(group, cls, f) for f in images])
     if not names:
         raise ValueError(
             f"No images under {root!r}: expected the layout root/<group>/<class>/*.png (e.g. Omniglot's "
             "images_background/<alphabet>/<character>/*.png), with image files two folders down."
+        )
+    if empty:
+        raise ValueError(
+            f"The class folder {empty[0]!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+            f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}; remove it or add its images."
         )
     return names, files
 

@@ -29,8 +29,8 @@ class ConvBlock(hk.Module):
         batch_norm_policy: str = "running",
         batch_norm_steps: Optional[int] = None,
     ) -> None:
-        super().__init__(name=name)
         check_batch_norm_policy(batch_norm_policy, batch_norm_steps)
+        super().__init__(name=name)
         self.batch_norm_policy = batch_norm_policy
         self.batch_norm_steps = batch_norm_steps
         self.channels = channels

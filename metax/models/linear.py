@@ -34,8 +34,8 @@ class LinearBlock(hk.Module):
         batch_norm_policy: str = "running",
         batch_norm_steps: Optional[int] = None,
     ) -> None:
-        super().__init__(name=name)
         check_batch_norm_policy(batch_norm_policy, batch_norm_steps)
+        super().__init__(name=name)
         self.batch_norm_policy = batch_norm_policy
         self.batch_norm_steps = batch_norm_steps
         self.output_size = output_size

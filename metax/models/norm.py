@@ -19,18 +19,18 @@ https://arxiv.org/abs/2003.03284, compare the choices; metax names four:
 - `"per_step"` (Antoniou, Edwards, Storkey. "How to train your MAML", ICLR 2019,
   https://arxiv.org/abs/1810.09502, per-step batch-norm running statistics): one set of
   running statistics per inner step. The `t`-th training pass of a task (counted in the
-  state, from 0) normalises with its batch's statistics and updates slot `t`; the query
+  state from 0) normalises with its batch's statistics and updates slot `t`; the query
   pass normalises with the slot of the task's last training pass, i.e. the statistics of
-  networks adapted for as many steps, averaged over earlier tasks, and resets the count.
-  Slots past `steps` share the last one. MAML++'s per-step learned scales and offsets
+  networks adapted for as many steps, averaged over earlier tasks, and marks the task as
+  ended, so that the next training pass (the next task's first) counts from 0 again.
+  Passes past `steps` share the last slot. MAML++'s per-step learned scales and offsets
   are not included.
 - `"transductive"` (the reference MAML code of Finn et al. 2017): every pass, the query
   pass included, normalises with its own batch's statistics. The query predictions then
   depend on the whole query set; choose it knowingly. It keeps no state.
 
-No policy lets the query set change the state (the evaluation-mode pass leaves the
-statistics alone), so the query set never reaches the support adaptation of this or
-later tasks.
+No policy lets the query set change the statistics (an evaluation-mode pass leaves them
+alone), so the query set never reaches the support adaptation of this or later tasks.
 """
 
 from typing import Optional
@@ -85,7 +85,8 @@ class BatchNorm(hk.Module):
       `hk.BatchNorm`); "support": `mean` and `var` of the last training batch, shape
       `(1, ..., channels)`; "per_step": `mean`, `var` (zero-started averages, shape
       `(steps + 1, 1, ..., channels)`), `weight` (their debiasing weights `1 - decay^n`,
-      `(steps + 1,)`) and `step` (training passes in the current task, int32);
+      `(steps + 1,)`), `step` (training passes in the current task, int32) and `ended`
+      (int32, 1 after a query pass: the next training pass starts a task);
       "transductive": none.
     """
 
@@ -99,8 +100,8 @@ class BatchNorm(hk.Module):
         eps: float = 1e-5,
         name: Optional[str] = None,
     ) -> None:
-        super().__init__(name=name)
         check_batch_norm_policy(policy, steps)
+        super().__init__(name=name)
         self.create_scale = create_scale
         self.create_offset = create_offset
         self.policy = policy
@@ -149,13 +150,15 @@ class BatchNorm(hk.Module):
             hk.set_state("mean", mean)
             hk.set_state("var", var)
         elif self.policy == "per_step":
-            means, variances, weights, step = self._slots(shape, mean.dtype)
+            means, variances, weights, step, ended = self._slots(shape, mean.dtype)
+            step = jnp.where(ended > 0, 0, step)  # the first pass after a query pass starts a task
             slot = jnp.minimum(step, self.steps)
             blend = lambda table, value: table.at[slot].set(self.decay * table[slot] + (1 - self.decay) * value)
             hk.set_state("mean", blend(means, mean))
             hk.set_state("var", blend(variances, var))
             hk.set_state("weight", blend(weights, jnp.ones((), weights.dtype)))
             hk.set_state("step", step + 1)
+            hk.set_state("ended", jnp.zeros_like(ended))
 
     def _recall(self, shape: tuple[int, ...], dtype) -> tuple[jax.Array, jax.Array]:
         if self.policy == "running":
@@ -164,9 +167,9 @@ class BatchNorm(hk.Module):
             mean = hk.get_state("mean", shape, dtype, jnp.zeros)
             var = hk.get_state("var", shape, dtype, jnp.ones)
             return mean, var
-        means, variances, weights, step = self._slots(shape, dtype)
+        means, variances, weights, step, ended = self._slots(shape, dtype)
         slot = jnp.clip(step - 1, 0, self.steps)  # the task's last training pass
-        hk.set_state("step", jnp.zeros_like(step))  # the query pass ends the task
+        hk.set_state("ended", jnp.ones_like(ended))  # the query pass ends the task
         seen = weights[slot] > 0
         mean = jnp.where(seen, means[slot] / jnp.where(seen, weights[slot], 1), 0)
         var = jnp.where(seen, variances[slot] / jnp.where(seen, weights[slot], 1), 1)
@@ -178,4 +181,5 @@ class BatchNorm(hk.Module):
         variances = hk.get_state("var", (slots,) + shape, dtype, jnp.zeros)
         weights = hk.get_state("weight", (slots,), dtype, jnp.zeros)
         step = hk.get_state("step", (), jnp.int32, jnp.zeros)
-        return means, variances, weights, step
+        ended = hk.get_state("ended", (), jnp.int32, jnp.zeros)
+        return means, variances, weights, step, ended
