@@ -201,12 +201,21 @@ def test_per_step_policy_keeps_one_running_average_per_step_across_tasks(batch):
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
 
 
-def test_per_step_slots_past_the_schedule_share_the_last(batch):
-    _, learner, meta_state = fresh("per_step", batch)
+def test_per_step_slots_follow_the_number_of_inner_steps(batch):
+    module, learner, meta_state = fresh("per_step", batch)
     (states, _), _ = evaluate(learner, meta_state, batch, steps=STEPS + 2)
     weight = np.asarray(task(states, 0).base_learner["mlp/~/linear_0/batch_norm"]["weight"])
     # Passes 0, 1 fill their slots; passes 2, 3 and the settling pass 4 all land in slot 2.
     np.testing.assert_allclose(weight, [1 - DECAY, 1 - DECAY, 1 - DECAY**3], rtol=1e-6)
+    # A shorter inner loop: one step, then the settling pass at theta_1 fills slot 1,
+    # and the query is normalised with it (the support statistics of theta_1).
+    (states, params), _ = evaluate(learner, meta_state, batch, steps=1)
+    weight = np.asarray(task(states, 0).base_learner["mlp/~/linear_0/batch_norm"]["weight"])
+    np.testing.assert_allclose(weight, [1 - DECAY, 1 - DECAY, 0], rtol=1e-6)
+    theta = task(params, 0).base_learner
+    expected, _ = forward(theta, batch.test.x[0], forward(theta, batch.train.x[0])[1])
+    got = query_prediction(module, task(states, 0), task(params, 0), meta_state, batch.test.x[0])
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
 
 
 def test_policy_arguments_are_checked():

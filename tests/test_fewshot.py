@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import metax
@@ -60,7 +60,8 @@ def check_tasks(batch, x, y, ways, shots, queries, rotations, allowed_classes):
         assert len(set(support) | set(query)) == len(support) + len(query)  # all distinct, disjoint
 
 
-@settings(max_examples=5, deadline=None, derandomize=True)
+# No shrinking: every example compiles a sampler, so a failure is reported as found.
+@settings(max_examples=5, deadline=None, derandomize=True, database=None, phases=(Phase.explicit, Phase.generate))
 @given(
     num_labels=st.integers(3, 6),
     extra=st.lists(st.integers(0, 6), min_size=6, max_size=6),
