@@ -31,7 +31,7 @@ def learned_init(policy):
     return metax.module.LearnedInit(SE(), SE(), net)
 
 
-def task_batch(seed, tasks=3, support=6, query=5):
+def task_batch(seed, tasks=3, support=6, query=6):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(tasks, support + query, 3)).astype(np.float32) * 2 + 1
     y = np.sin(x.sum(-1, keepdims=True)).astype(np.float32)
@@ -267,8 +267,9 @@ def test_every_module_normalises_the_query_with_the_support_statistics_and_leaks
     module = MODULES[name]("per_step")
     learner = learner_for(module)
     meta_state = learner.reset(jax.random.PRNGKey(1), batch.train.x[0])
-    # Query set = support set: in evaluation mode the module must then reproduce the
-    # training-mode prediction on the support set (slot STEPS holds exactly its statistics).
+    # Query set = support set (as large as the query sets below: one compilation). In
+    # evaluation mode the module must then reproduce the training-mode prediction on the
+    # support set: slot STEPS holds exactly its statistics.
     own = batch._replace(test=batch.train)
     (states, params), _ = evaluate(learner, meta_state, own)
     state, adapted = task(states, 0), task(params, 0)
