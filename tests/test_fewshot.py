@@ -53,7 +53,9 @@ def check_tasks(batch, x, y, ways, shots, queries, rotations, allowed_classes):
                 np.testing.assert_array_equal(image, np.rot90(x[index], turns, axes=(0, 1)))
                 assert y[index] == (class_id // 4 if rotations else class_id)
                 assert class_of_label.setdefault(label, class_id) == class_id  # one class per label
-            sources.append(source)
+            # An example is a source image at its class's turn: two rotations of one digit
+            # are two classes, which may show the same source image turned two ways.
+            sources.append(list(zip(source.tolist(), part.info["class_id"][task].tolist())))
         assert len(set(class_of_label.values())) == ways  # N distinct classes
         assert set(class_of_label.values()) <= allowed_classes
         support, query = sources
@@ -158,7 +160,7 @@ def test_sampler_trains_in_a_stream_and_passes_its_data_as_an_argument():
     assert any(leaf.shape == (3, 4, 2, 2, 1) for leaf in jax.tree_util.tree_leaves(sampler))
     stream = metax.data.MetaBatchStream(sampler, meta_batch_size=5, rng=jax.random.PRNGKey(0))
     batch = stream.batch(2)
-    direct = sample_metabatch(jax.random.fold_in(jax.random.PRNGKey(0), 2), sampler, 5)
+    direct = jax.jit(lambda key, fn: sample_metabatch(key, fn, 5))(jax.random.fold_in(jax.random.PRNGKey(0), 2), sampler)
     np.testing.assert_array_equal(batch.train.x, direct.train.x)
     assert stream.sample_input.shape == (3, 2, 2, 1) and stream.input_shape == (2, 2, 1)
 

@@ -9,7 +9,8 @@ each, all distinct. With `rotations=True` every class becomes four, its images t
 0, 90, 180 and 270 degrees (Santoro et al. "Meta-Learning with Memory-Augmented Neural
 Networks", ICML 2016, https://arxiv.org/abs/1605.06065): 10 digits give 40 classes. The
 split is made over the original classes, so no rotation of a meta-test class is ever seen
-in meta-training.
+in meta-training. A task may draw two rotations of one class; they are different classes,
+and the same source image may then appear in both, turned two ways.
 
 Each split's examples are stored per class as one padded array `(classes, max_examples,
 ...)` with per-class counts, so a jitted, vmappable `sample_task(key)` can draw examples
