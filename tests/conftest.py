@@ -1,6 +1,8 @@
 """Shared fixtures: float64 mode for finite-difference checks, tiny regression problems."""
 
 import contextlib
+import os
+import tempfile
 
 import haiku as hk
 import jax
@@ -8,6 +10,14 @@ import jax.numpy as jnp
 import pytest
 
 import metax
+
+# Compiled programs are shared between tests (and later runs of the suite): many tests
+# build the same tiny learners. The cache key is the program, so a stale entry never
+# matches changed code.
+_CACHE = os.path.join(tempfile.gettempdir(), f"metax-pytest-jax-cache-{os.getuid()}")
+os.environ.setdefault("METAX_COMPILATION_CACHE", _CACHE)
+jax.config.update("jax_compilation_cache_dir", os.environ["METAX_COMPILATION_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @contextlib.contextmanager

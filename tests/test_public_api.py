@@ -7,7 +7,7 @@ import pytest
 
 import metax
 
-SUBPACKAGES = ["data", "energy", "experiment", "kernel", "learner", "models", "module", "tilt", "utils"]
+SUBPACKAGES = ["data", "dynamics", "energy", "experiment", "kernel", "learner", "models", "module", "tilt", "utils"]
 
 
 @pytest.mark.parametrize("name", SUBPACKAGES)

@@ -29,7 +29,6 @@ the noise-free objective at every step. Writes metrics.json and
 inference_comparison_noisy.png to --out.
 """
 
-import argparse
 import functools
 import os
 import sys
@@ -43,51 +42,38 @@ import optax
 from tqdm import tqdm
 
 import metax
-from metax.experiment import refuse_overwrite, write_json_atomic
+from metax.experiment import format_interval, markdown_table, refuse_overwrite, write_json_atomic
+from metax.experiment.args import comma_list, non_negative_float, non_negative_int, positive_float, positive_int, study_parser
 
 METHODS = ("gd", "momentum", "adam", "kernel")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/noisy_inference")
-    parser.add_argument("--overwrite", action="store_true")
+    parser = study_parser(__doc__.splitlines()[0], "runs/noisy_inference")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds, not a result)")
     parser.add_argument("--mnist", default=None, help="folder with MNIST IDX files (default: sklearn digits)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise-levels", default="0,0.5,1,2", help="noise norm in units of the typical gradient norm")
-    parser.add_argument("--steps", type=int, default=50, help="inference steps T")
-    parser.add_argument("--latent-dim", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=128, help="VAE hidden width")
-    parser.add_argument("--vae-steps", type=int, default=4000)
-    parser.add_argument("--eval-images", type=int, default=597, help="held-out images (digits: at most 597)")
-    parser.add_argument("--tune-images", type=int, default=512, help="training images for the rate grid search")
-    parser.add_argument("--lr-grid", type=int, default=25, help="learning rates tried per method (log grid)")
-    parser.add_argument("--meta-steps", type=int, default=3000, help="meta-training steps of the kernel")
-    parser.add_argument("--meta-batch", type=int, default=64)
-    parser.add_argument("--meta-lr", type=float, default=3e-3)
-    parser.add_argument("--kernel-hidden", default="64,64")
-    parser.add_argument("--kernel-memory", type=int, default=16)
-    parser.add_argument("--optimum-steps", type=int, default=3000, help="noise-free Adam steps for f*")
-    parser.add_argument("--tolerance", type=float, default=0.05, help="fraction of f(z0) - f* counted as converged")
+    parser.add_argument("--noise-levels", type=comma_list(non_negative_float), default="0,0.5,1,2",
+                        help="noise norm in units of the typical gradient norm")
+    parser.add_argument("--steps", type=positive_int, default=50, help="inference steps T")
+    parser.add_argument("--latent-dim", type=positive_int, default=8)
+    parser.add_argument("--hidden", type=positive_int, default=128, help="VAE hidden width")
+    parser.add_argument("--vae-steps", type=positive_int, default=4000)
+    parser.add_argument("--eval-images", type=positive_int, default=597, help="held-out images (digits: at most 597)")
+    parser.add_argument("--tune-images", type=positive_int, default=512, help="training images for the rate grid search")
+    parser.add_argument("--lr-grid", type=positive_int, default=25, help="learning rates tried per method (log grid)")
+    parser.add_argument("--meta-steps", type=non_negative_int, default=3000, help="meta-training steps of the kernel")
+    parser.add_argument("--meta-batch", type=positive_int, default=64)
+    parser.add_argument("--meta-lr", type=positive_float, default=3e-3)
+    parser.add_argument("--kernel-hidden", type=comma_list(positive_int), default="64,64")
+    parser.add_argument("--kernel-memory", type=non_negative_int, default=16)
+    parser.add_argument("--optimum-steps", type=positive_int, default=3000, help="noise-free Adam steps for f*")
+    parser.add_argument("--tolerance", type=positive_float, default=0.05, help="fraction of f(z0) - f* counted as converged")
     if parser.parse_known_args(argv)[0].quick:  # smaller defaults; explicit flags still win
         parser.set_defaults(
             vae_steps=150, meta_steps=20, steps=10, optimum_steps=200, eval_images=64, tune_images=64,
             lr_grid=6, meta_batch=16, kernel_hidden="16", kernel_memory=4, hidden=32,
         )
     args = parser.parse_args(argv)
-    try:
-        args.noise_levels = [float(v) for v in args.noise_levels.split(",")]
-        args.kernel_hidden = [int(v) for v in args.kernel_hidden.split(",")]
-    except ValueError:
-        parser.error("--noise-levels and --kernel-hidden must be comma lists of numbers")
-    if min(args.noise_levels) < 0:
-        parser.error("--noise-levels must be >= 0")
-    for name in ("steps", "latent_dim", "hidden", "vae_steps", "eval_images", "tune_images", "lr_grid", "meta_batch", "optimum_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.meta_steps < 0:
-        parser.error("--meta-steps must be >= 0")
     if args.mnist is not None and not os.path.isdir(args.mnist):
         parser.error(f"--mnist {args.mnist!r} is not a folder")
     refuse_overwrite(parser, args.out, args.overwrite)
@@ -253,8 +239,8 @@ def make_meta_trainer(objective, kernel, x_train, latent_dim, args):
 
 
 def interval(values):
-    values = np.asarray(values, np.float64)
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
+    entry = metax.experiment.interval(values)
+    return entry["mean"], entry["ci95"]
 
 
 def steps_to_tolerance(curves, optimum, tolerance):
@@ -278,7 +264,7 @@ def summarize(curves, optimum, tolerance):
         "steps_to_tolerance_median": float(np.median(steps)) if np.isfinite(np.median(steps)) else None,
         "fraction_within_tolerance": float(np.mean(np.isfinite(steps))),
         "curve_gap_mean": np.mean(curves - optimum[None], axis=1).tolist(),
-        "curve_gap_ci95": (1.96 * np.std(curves - optimum[None], axis=1, ddof=1) / np.sqrt(curves.shape[1])).tolist(),
+        "curve_gap_ci95": [metax.experiment.interval(gap)["ci95"] for gap in curves - optimum[None]],
     }
 
 
@@ -299,20 +285,17 @@ def summarize_levels(results, raw, optimum, tolerance):
 
 
 def table(results, levels):
-    lines = [
-        "| noise | " + " | ".join(METHODS) + " |",
-        "|---" * (len(METHODS) + 1) + "|",
-    ]
+    rows = []
     for level in levels:
-        row = results[str(level)]["methods"]
         cells = []
         for method in METHODS:
-            entry = row[method]
+            entry = results[str(level)]["methods"][method]
             steps = entry["steps_to_tolerance_median"]
             steps = "not reached" if steps is None else f"{steps:.0f}"
-            cells.append(f"{entry['final_objective']:.2f} ± {entry['final_objective_ci95']:.2f} ({steps}, {100 * entry['fraction_within_tolerance']:.0f}%)")
-        lines.append(f"| {level:g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            interval = {"mean": entry["final_objective"], "ci95": entry["final_objective_ci95"]}
+            cells.append(f"{format_interval(interval, 2)} ({steps}, {100 * entry['fraction_within_tolerance']:.0f}%)")
+        rows.append([f"{level:g}"] + cells)
+    return markdown_table(["noise"] + list(METHODS), rows)
 
 
 def plot(results, levels, args, path):

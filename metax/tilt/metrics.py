@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 from .gaussian import GaussianTilt
 
@@ -42,6 +41,8 @@ def histogram_kl(
     x = np.clip(np.asarray(samples, dtype=np.float64), edges[0], edges[-1])
     counts, _ = np.histogram(x, edges, weights=None if weights is None else np.asarray(weights, np.float64))
     p_hat = counts / counts.sum()
+    from scipy import stats  # imported when used: scipy.stats takes a second to import
+
     cdf = stats.norm.cdf(edges, mean, sd)
     cdf[0], cdf[-1] = 0.0, 1.0
     p = np.diff(cdf)
@@ -80,6 +81,8 @@ def conditional_ks(tilt: GaussianTilt, actions: ArrayLike, states: ArrayLike, a0
         return KSResult(0, float("nan"), float("nan"))
     p = tilt.params
     loc = float(p.alpha * a0 + tilt.state_offset)
+    from scipy import stats
+
     res = stats.kstest(sel, "norm", args=(loc, float(p.sigma_sprime)))
     return KSResult(int(sel.size), float(res.statistic), float(res.pvalue))
 
@@ -89,6 +92,8 @@ def residual_ks(tilt: GaussianTilt, actions: ArrayLike, states: ArrayLike) -> KS
     p = tilt.params
     a, s_next = np.asarray(actions, np.float64), np.asarray(states, np.float64)
     z = (s_next - p.alpha * a - float(tilt.state_offset)) / p.sigma_sprime
+    from scipy import stats
+
     res = stats.kstest(z, "norm")
     return KSResult(int(z.size), float(res.statistic), float(res.pvalue))
 

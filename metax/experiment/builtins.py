@@ -1,0 +1,199 @@
+"""metax's own registrations: the names configs and `metax list` know out of the box.
+
+Learners, modules and learned optimisers are registered as the library's classes, so
+their config keys are exactly their constructor arguments; tasks and models get small
+builders that return what the runner needs (`TaskSpec`, `ModelFactory`).
+"""
+
+from collections.abc import Callable
+from typing import Optional
+
+import haiku as hk
+import jax
+import optax
+
+import metax
+from metax.experiment.components import ModelFactory, TaskSpec
+from metax.experiment.registry import register
+from metax.experiment.schema import PositiveInt
+
+# -- tasks -----------------------------------------------------------------------------
+
+
+def _regression(family: str, shots_train: int, shots_test: int, **extra) -> TaskSpec:
+    sampler = metax.data.make_task_sampler(family, shots_train, shots_test)
+    return TaskSpec(sampler, "squared_error", None, **extra)
+
+
+@register("task", "sinusoid")
+def sinusoid(split: str, shots_train: PositiveInt = 10, shots_test: PositiveInt = 10) -> TaskSpec:
+    """Sinusoid regression y = A sin(x - phi), A ~ U[0.1, 5], phi ~ U[0, pi] (MAML's benchmark)."""
+    del split  # every split draws fresh tasks from the same distribution
+    return _regression("sinusoid", shots_train, shots_test)
+
+
+@register("task", "linear")
+def linear(split: str, shots_train: PositiveInt = 50, shots_test: PositiveInt = 50) -> TaskSpec:
+    """Lines y = a x + b with a, b ~ U[-5, 5] (Reptile's Koi demo)."""
+    del split
+    return _regression("linear", shots_train, shots_test)
+
+
+@register("task", "family")
+def family(split: str, shots_train: PositiveInt = 10, shots_test: PositiveInt = 10) -> TaskSpec:
+    """Five 1-D function families (harmonics, lines, quadratics, sawtooths, small sines); scores per family."""
+    del split
+    return _regression("family", shots_train, shots_test, groups=("family", tuple(metax.data.FAMILY_NAMES)))
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+@register("model", "mlp")
+def mlp(
+    hidden_dims: list[PositiveInt] = (40, 40),
+    activation: Callable = jax.nn.relu,
+    batch_norm: bool = False,
+    with_bias: bool = True,
+) -> ModelFactory:
+    """Multilayer perceptron; a body without readout for ANIL / GainMod, with gain/shift hooks."""
+    hidden = tuple(hidden_dims)
+
+    def build(output_dim: Optional[int]) -> hk.TransformedWithState:
+        sizes = hidden if output_dim is None else hidden + (output_dim,)
+        if not sizes:
+            raise ValueError("model mlp with hidden_dims=[] has no layer to use as a body; give it hidden layers.")
+
+        def forward(x, is_training, gain=None, shift=None):
+            network = metax.models.MultilayerPerceptron(
+                sizes, activation=activation, activate_final=output_dim is None, batch_norm=batch_norm,
+                with_bias=with_bias,
+            )
+            return network(x, is_training, gain=gain, shift=shift)
+
+        return hk.transform_with_state(forward)
+
+    return ModelFactory(build, hidden)
+
+
+@register("model", "linear")
+def linear_model(with_bias: bool = True) -> ModelFactory:
+    """One linear layer (Koi's Reptile demo); it has no body, so only full-network modules use it."""
+
+    def build(output_dim: Optional[int]) -> hk.TransformedWithState:
+        if output_dim is None:
+            raise ValueError(
+                "model linear has no hidden layer to serve as a body; modules that adapt a head "
+                "(anil, gainmod) need model mlp or conv4."
+            )
+        return hk.transform_with_state(lambda x, is_training: hk.Linear(output_dim, with_bias=with_bias)(hk.Flatten()(x)))
+
+    return ModelFactory(build, ())
+
+
+@register("model", "conv4")
+def conv4(channels: PositiveInt = 32, max_pool: bool = True) -> ModelFactory:
+    """The 4-block convolutional network of few-shot image classification (images (H, W, C))."""
+
+    def build(output_dim: Optional[int]) -> hk.TransformedWithState:
+        def forward(x, is_training, gain=None, shift=None):
+            return metax.models.Conv4(channels, readout=output_dim, max_pool=max_pool)(x, is_training, gain=gain, shift=shift)
+
+        return hk.transform_with_state(forward)
+
+    return ModelFactory(build, (channels,) * 4)
+
+
+# -- modules -----------------------------------------------------------------------------
+
+register("module", "learned_init", metax.module.LearnedInit, description="Meta-learned initialisation of every weight (MAML; iMAML with reg_strength).")
+register("module", "anil", metax.module.AlmostNoInnerLoop, description="ANIL: meta-learned body, linear head adapted per task.")
+register("module", "cavia", metax.module.CAVIA, description="CAVIA: meta-learned network, per-task context vector adapted.")
+register(
+    "module", "gainmod", metax.module.GainMod,
+    description="Gain modulation: per-unit gains and shifts (and the readout) adapted per task.",
+    defaults={"adapt_head": True, "reg_strength": None},
+)
+register(
+    "module", "complex_synapse", metax.module.ComplexSynapse,
+    description="Complex synapse: every weight adapted, pulled toward learned rest values by learned strengths.",
+    defaults={"l2_reg": 1.0, "l2_fixed": False},
+)
+
+# -- learners ----------------------------------------------------------------------------
+
+register(
+    "learner", "maml", metax.learner.ModelAgnosticMetaLearning,
+    description="MAML: backprop through the inner loop (first_order: FOMAML).",
+)
+register(
+    "learner", "reptile", metax.learner.Reptile,
+    description="Reptile: move the initialisation toward the adapted weights.",
+)
+register(
+    "learner", "buffered_reptile", metax.learner.BufferedReptile,
+    description="Reptile; non-initialisation hparams get partial gradients summed along the loop.",
+)
+register(
+    "learner", "eqprop", metax.learner.EquilibriumPropagation,
+    description="Equilibrium propagation: contrast of a free and a beta-nudged end point.",
+)
+register(
+    "learner", "symmetric_eqprop", metax.learner.SymmetricEquilibriumPropagation,
+    description="Equilibrium propagation nudged by +beta and -beta (O(beta^2) bias).",
+)
+register(
+    "learner", "cg", metax.learner.ConjugateGradient,
+    description="Implicit gradient at the inner end point, H^-1 by conjugate gradient (iMAML).",
+)
+register(
+    "learner", "rbp", metax.learner.RecurrentBackpropagation,
+    description="Implicit gradient with H^-1 from a truncated Neumann series (recurrent backprop).",
+)
+register(
+    "learner", "t1t2", metax.learner.T1T2,
+    description="Implicit gradient with H^-1 replaced by the identity (T1-T2).",
+)
+register(
+    "learner", "evosax", metax.learner.Evosax,
+    description="An evosax evolution strategy over the hparams (no gradient).",
+)
+register(
+    "learner", "learned_kernel", metax.learner.LearnedKernel,
+    description="Meta-trains a learned update rule by backprop (truncation, remat) or PES / noise-reuse ES.",
+    components={"kernel": ("kernels",)},
+)
+
+# -- optimisers: optax by name ------------------------------------------------------------
+
+OPTAX_NAMES = (
+    "sgd", "adam", "adamw", "adabelief", "adagrad", "adamax", "lamb", "lars", "lion", "nadam",
+    "noisy_sgd", "novograd", "radam", "rmsprop", "sign_sgd", "yogi", "adafactor", "fromage",
+)
+for _name in OPTAX_NAMES:
+    if hasattr(optax, _name):
+        _doc = (getattr(optax, _name).__doc__ or "").strip().splitlines()
+        register("optimizer", _name, getattr(optax, _name), description=f"optax.{_name}: " + (_doc[0] if _doc else ""))
+
+
+def chain(transforms: list) -> optax.GradientTransformation:
+    """Applies optimisers and transformations in order, e.g. clipping then SGD (optax.chain)."""
+    if not transforms:
+        raise ValueError("chain needs at least one transform, e.g. [{name: clip_by_global_norm, max_norm: 1.0}, {name: sgd, ...}].")
+    return optax.chain(*transforms)
+
+
+register("optimizer", "chain", chain, components={"transforms": ("optimizers",)})
+register("optimizer", "clip_by_global_norm", optax.clip_by_global_norm,
+         description="optax.clip_by_global_norm: rescale updates whose global norm exceeds max_norm (use inside chain).")
+register("optimizer", "clip", optax.clip, description="optax.clip: clip every update entry to [-max_delta, max_delta] (use inside chain).")
+
+# -- learned inner optimisers --------------------------------------------------------------
+
+register("kernel", "meta_sgd", metax.kernel.MetaSGD, description="Meta-SGD: a learned rate per parameter entry.")
+register("kernel", "layer_step_lr", metax.kernel.LayerStepLR, description="MAML++ LSLR: a learned rate per tensor and inner step.")
+register("kernel", "scalar_lr", metax.kernel.ScalarLR, description="One learned learning rate.")
+register("kernel", "coordinatewise", metax.kernel.CoordinatewiseKernel, description="A coordinate-wise learned update rule (shared MLP over gradient features).")
+register("kernel", "metadynamic", metax.kernel.MetadynamicOptimizer, description="Torch-MetaDyn's learned kernel delta = f(z, grad) over the raveled params.")
+
+del _name, _doc

@@ -1,0 +1,267 @@
+"""One registry for everything a config can name: learners, modules, tasks, models,
+optimisers and learned optimisers (kernels).
+
+A registry is a dict from names to builders (a class or a function) plus what a config
+needs to know about them: a one-line description and the builder's keyword arguments,
+read from its signature. Parameters named after something the runner already has (the
+module a learner trains, the task's input shape, the network a module wraps, ...) are
+filled in by the runner; every other parameter is a config key.
+
+>>> import metax.experiment as mx
+>>> @mx.register("learner", "my_maml", description="MAML with a twist")
+... class MyMAML(metax.learner.ModelAgnosticMetaLearning):
+...     ...
+
+A config then says `learner: {name: my_maml, steps_inner: 5, ...}`. A Python file named in
+a config's `plugins:` list is imported once before the config is checked, so its
+registrations are usable there.
+"""
+
+import dataclasses
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+import typing
+from typing import Any, Callable, Optional, Union
+
+from metax.experiment.errors import ConfigError, unknown_name
+
+KINDS = ("learners", "modules", "tasks", "models", "optimizers", "kernels")
+_SINGULAR = {kind[:-1]: kind for kind in KINDS}
+
+# What the runner fills in, per kind: a builder parameter of this name is not a config key.
+CONTEXT = {
+    "tasks": ("split",),
+    "models": (),
+    "modules": (
+        "loss_fn_inner", "loss_fn_outer", "base_learner", "base_model", "body", "hidden_dims",
+        "output_dim", "input_shape",
+    ),
+    "learners": ("meta_model", "input_shape"),
+    "optimizers": (),
+    "kernels": (),
+}
+
+# Defaults every builder of a kind gets unless it sets its own: metax's learners take
+# `batch_size` positionally with no default, and full-batch inner steps are the norm.
+KIND_DEFAULTS = {"learners": {"batch_size": None}}
+
+REQUIRED = inspect.Parameter.empty
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One config key of a builder."""
+
+    name: str
+    annotation: Any  # the resolved type hint (Any when the builder gives none)
+    default: Any  # REQUIRED if the config must set it
+    components: tuple[str, ...] = ()  # registries a nested {name: ...} value is looked up in
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A registered builder."""
+
+    kind: str
+    name: str
+    target: Callable[..., Any]
+    description: str
+    params: tuple[Param, ...]
+    context: tuple[str, ...]  # parameters the runner fills in
+    source: str  # "metax" or the plugin file it came from
+
+    def param(self, name: str) -> Optional[Param]:
+        return next((p for p in self.params if p.name == name), None)
+
+
+def _kind(kind: str) -> str:
+    kind = _SINGULAR.get(kind, kind)
+    if kind not in KINDS:
+        raise unknown_name("registry", kind, KINDS)
+    return kind
+
+
+def _type_hints(target: Callable) -> dict:
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(function, include_extras=True)
+    except Exception:
+        pass
+    # Some annotation cannot be resolved (a forward reference the module never defines):
+    # resolve the others one by one and leave that one unchecked.
+    hints = {}
+    namespace = getattr(inspect.unwrap(function), "__globals__", {})
+    for name, annotation in getattr(function, "__annotations__", {}).items():
+        try:
+            if isinstance(annotation, str):
+                annotation = eval(annotation, namespace)  # noqa: S307 (the library's own annotations)
+            hints[name] = annotation
+        except Exception:
+            hints[name] = Any
+    return hints
+
+
+def _component_kinds(annotation: Any, name: str) -> tuple[str, ...]:
+    """Optimiser parameters (typed as optax transformations, or named `optim_fn_*` as in
+    metax's learners) take a nested optimiser config; an inner one may be learned."""
+    import optax
+
+    members = typing.get_args(annotation) if typing.get_origin(annotation) is Union else (annotation,)
+    if name == "optim_fn_inner":
+        return ("optimizers", "kernels")
+    if name.startswith("optim_fn_") or any(member is optax.GradientTransformation for member in members):
+        return ("optimizers",)
+    return ()
+
+
+def _signature_params(
+    target: Callable, context: tuple[str, ...], defaults: dict, components: dict
+) -> tuple[tuple[Param, ...], tuple[str, ...]]:
+    signature = inspect.signature(target)
+    hints = _type_hints(target)
+    params, used_context = [], []
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or parameter.name == "self":
+            continue
+        if parameter.name in context:
+            used_context.append(parameter.name)
+            continue
+        annotation = hints.get(parameter.name, Any)
+        default = defaults.get(parameter.name, parameter.default)
+        kinds = tuple(_kind(k) for k in components.get(parameter.name, ())) or _component_kinds(
+            annotation, parameter.name
+        )
+        params.append(Param(parameter.name, annotation, default, kinds))
+    unknown = (set(defaults) | set(components)) - {p.name for p in params}
+    if unknown:
+        raise ValueError(f"defaults/components name parameters {sorted(unknown)} that {target!r} does not take.")
+    return tuple(params), tuple(used_context)
+
+
+class Registry:
+    """Name -> `Entry` for one kind of component."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def add(self, entry: Entry) -> None:
+        previous = self._entries.get(entry.name)
+        if previous is not None and previous.target is not entry.target:
+            raise ValueError(
+                f"{self.kind[:-1]} {entry.name!r} is already registered (from {previous.source}); "
+                "choose another name."
+            )
+        self._entries[entry.name] = entry
+
+    def get(self, name: Any, where: Optional[str] = None) -> Entry:
+        _load_builtins()
+        if not isinstance(name, str) or name not in self._entries:
+            raise unknown_name(self.kind[:-1], name, self._entries, where)
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        _load_builtins()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[name] for name in self.names()]
+
+    def __contains__(self, name: str) -> bool:
+        _load_builtins()
+        return name in self._entries
+
+
+REGISTRIES = {kind: Registry(kind) for kind in KINDS}
+_current_source = ["metax"]
+
+
+def registry(kind: str) -> Registry:
+    """The registry of `kind` ("learners" or "learner", "modules", "tasks", ...)."""
+    return REGISTRIES[_kind(kind)]
+
+
+def register(
+    kind: str,
+    name: str,
+    target: Optional[Callable[..., Any]] = None,
+    *,
+    description: Optional[str] = None,
+    defaults: Optional[dict] = None,
+    components: Optional[dict] = None,
+) -> Any:
+    """Registers a builder (a class or function) under `name`; usable as a decorator.
+
+    Args:
+      kind: "learner", "module", "task", "model", "optimizer" or "kernel" (plural works).
+      name: the name configs use.
+      target: the builder; omit to use `register(...)` as a decorator.
+      description: one line for `metax list` (default: the first line of the docstring).
+      defaults: config defaults that replace (or add to) the signature's own.
+      components: `{parameter: kinds}` for parameters that take a nested `{name: ...}`
+        config from other registries (optimiser-typed parameters are found by type).
+
+    Builders receive the runner's context by parameter name (see `CONTEXT`): a learner's
+    `meta_model` and `input_shape`; a module's `loss_fn_inner`, `loss_fn_outer`,
+    `base_learner` / `base_model` (the network with its readout), `body` (the network
+    without it), `hidden_dims`, `output_dim`, `input_shape`; a task's `split` ("train"
+    or "test"). Every other parameter is a config key, typed by its annotation.
+    """
+    kind = _kind(kind)
+
+    def add(target):
+        names = inspect.signature(target).parameters
+        implicit = {k: v for k, v in KIND_DEFAULTS.get(kind, {}).items() if k in names and names[k].default is REQUIRED}
+        params, used = _signature_params(target, CONTEXT[kind], {**implicit, **(defaults or {})}, dict(components or {}))
+        text = description or (inspect.getdoc(target) or "").strip().splitlines()[0:1]
+        text = text if isinstance(text, str) else (text[0] if text else "")
+        REGISTRIES[kind].add(Entry(kind, name, target, text, params, used, _current_source[0]))
+        return target
+
+    return add if target is None else add(target)
+
+
+_builtins_loaded = [False]
+
+
+def _load_builtins() -> None:
+    if not _builtins_loaded[0]:
+        _builtins_loaded[0] = True
+        from metax.experiment import builtins  # noqa: F401  (registers on import)
+
+
+_plugins: dict[str, str] = {}  # absolute path -> module name
+
+
+def load_plugin(path: str) -> None:
+    """Imports a user's Python file once, so its `register` calls take effect.
+
+    Raises:
+      ConfigError: if the file is missing or fails to import (with the error it raised).
+    """
+    _load_builtins()
+    path = os.path.abspath(path)
+    if path in _plugins:
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(f"plugins: {path} does not exist; give a Python file path relative to the config file.")
+    module_name = "metax_plugin_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    _current_source[0] = path
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise ConfigError(f"plugins: importing {path} failed: {type(error).__name__}: {error}") from error
+    finally:
+        _current_source[0] = "metax"
+    _plugins[path] = module_name

@@ -1,0 +1,59 @@
+"""The meta-batch split over devices (a mesh with a task axis) and over processes
+(`jax.distributed`) reaches the single-device meta-state."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from metax.experiment import checkpoint as ckpt
+from metax.experiment.cli import main
+
+CONFIG = textwrap.dedent(
+    """
+    task: {name: sinusoid, shots_train: 5, shots_test: 5}
+    model: {name: mlp, hidden_dims: [8]}
+    module: {name: learned_init}
+    learner:
+      name: maml
+      steps_inner: 2
+      optim_fn_inner: {name: sgd, learning_rate: 0.05}
+      optim_fn_outer: {name: adam, learning_rate: 0.01}
+    train: {steps: 8, meta_batch_size: 4, checkpoint_every: 4}
+    eval: {tasks: 4}
+    """
+)
+
+
+def final_leaves(folder):
+    with np.load(ckpt.latest_checkpoint(str(folder / "checkpoints"))) as data:
+        return [data[name] for name in sorted(data.files) if name.startswith("leaf")]
+
+
+def command(config, out, *extra):
+    return [sys.executable, "-m", "metax", "run", str(config), "--out", str(out), "--no-progress", "--no-plots", *extra]
+
+
+@pytest.fixture
+def single(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    assert main(["run", str(config), "--out", str(tmp_path / "one"), "--no-progress", "--no-plots"]) == 0
+    return config, final_leaves(tmp_path / "one")
+
+
+def test_four_devices_reach_the_single_device_meta_state(single, tmp_path):
+    config, reference = single
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run(command(config, tmp_path / "four", "--devices", "4"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for a, b in zip(reference, final_leaves(tmp_path / "four")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Wrong device counts and meta-batches that do not split say what to change.
+    for extra, message in ((["--devices", "3"], "does not split over 3 devices; use a multiple of 3 (e.g. 3 or 6)"),
+                           (["--devices", "8"], "train.devices=8 but 4 device(s) are visible")):
+        failed = subprocess.run(command(config, tmp_path / "bad", *extra), env=env, capture_output=True, text=True)
+        assert failed.returncode == 2 and message in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
