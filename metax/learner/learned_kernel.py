@@ -172,6 +172,7 @@ class LearnedKernel(ModelAgnosticMetaLearning):
             rng_steps, state, params, hparams, energy, self.inner_optimizer(hparams), steps,
             truncation=truncation, remat=self.remat,
         )
+        state = self.settle_state(jax.random.fold_in(rng_final, 1), state, hstate, params, hparams, dataset)
         return (state, params), self.inner_metrics(rng_final, state, hstate, params, hparams, dataset, losses)
 
     # -- ES over partial unrolls ------------------------------------------------------------
