@@ -5,6 +5,17 @@ from metax.data.base import MetaDataset
 from metax.data.base import check_metabatch
 from metax.data.base import get_batch
 from metax.data.base import split_dataset
+from metax.data.digits import load_digits
+from metax.data.fewshot import SPLITS
+from metax.data.fewshot import ClassArrays
+from metax.data.fewshot import FewShotSplits
+from metax.data.fewshot import arrange_by_class
+from metax.data.fewshot import sample_class_batch
+from metax.data.fewshot import sample_fewshot_task
+from metax.data.folder import default_cache_dir
+from metax.data.folder import load_image_folder
+from metax.data.mnist import load_idx
+from metax.data.mnist import load_labelled_npz
 from metax.data.mnist import load_mnist
 from metax.data.stream import MetaBatchStream
 from metax.data.stream import sample_metabatch
@@ -19,20 +30,31 @@ from metax.data.tasks import make_task_sampler
 from metax.data.tasks import sinusoid
 
 __all__ = [
+    "ClassArrays",
     "Dataset",
     "FAMILY_NAMES",
+    "FewShotSplits",
     "MetaBatchStream",
     "MetaDataset",
+    "SPLITS",
     "SyntheticMetaDataloader",
     "TASK_FAMILIES",
+    "arrange_by_class",
     "check_metabatch",
     "create_synthetic_metadataset",
+    "default_cache_dir",
     "family",
     "get_batch",
     "get_task_family",
     "linear",
+    "load_digits",
+    "load_idx",
+    "load_image_folder",
+    "load_labelled_npz",
     "load_mnist",
     "make_task_sampler",
+    "sample_class_batch",
+    "sample_fewshot_task",
     "sample_metabatch",
     "sinusoid",
     "split_dataset",

@@ -1,6 +1,6 @@
 """Meta-batches from any task sampler: `sample_task(key) -> MetaDataset`, vmapped."""
 
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 
@@ -11,6 +11,16 @@ from metax.data.tasks import SampleTask
 def sample_metabatch(rng: jax.Array, sample_task: SampleTask, meta_batch_size: int) -> MetaDataset:
     """Draws `meta_batch_size` tasks in one vmapped call; leaves get a leading task axis."""
     return jax.vmap(sample_task)(jax.random.split(rng, meta_batch_size))
+
+
+def _compile(fn: Callable[[jax.Array, SampleTask], Any], sample_task: SampleTask) -> Callable[[jax.Array], Any]:
+    """`jit(fn)` as a function of the key alone. A sampler that is a `jax.tree_util.Partial`
+    (e.g. `FewShotSplits.sampler`) is passed in as an argument, so the data it carries is
+    not compiled into the program as a constant (slow to compile and held twice)."""
+    if isinstance(sample_task, jax.tree_util.Partial):
+        compiled = jax.jit(fn)
+        return lambda key: compiled(key, sample_task)
+    return jax.jit(lambda key: fn(key, sample_task))
 
 
 class MetaBatchStream:
@@ -45,7 +55,7 @@ class MetaBatchStream:
         self.meta_batch_size = meta_batch_size
         self.rng = rng
         self.num_batches = num_batches
-        self._sample = jax.jit(lambda key: sample_metabatch(key, sample_task, meta_batch_size))
+        self._sample = _compile(lambda key, task_fn: sample_metabatch(key, task_fn, meta_batch_size), sample_task)
         example = jax.eval_shape(sample_task, rng)
         if not isinstance(example, MetaDataset):
             raise TypeError(
@@ -59,7 +69,7 @@ class MetaBatchStream:
     def sample_input(self) -> jax.Array:
         if self._sample_input is None:
             # Compiled: an eager sampler dispatches op by op, which costs seconds.
-            self._sample_input = jax.jit(self.sample_task)(self.rng).train.x
+            self._sample_input = _compile(lambda key, task_fn: task_fn(key), self.sample_task)(self.rng).train.x
         return self._sample_input
 
     def batch(self, index: int) -> MetaDataset:

@@ -6,7 +6,7 @@ builders that return what the runner needs (`TaskSpec`, `ModelFactory`).
 """
 
 from collections.abc import Callable
-from typing import Optional
+from typing import Literal, Optional
 
 import haiku as hk
 import jax
@@ -44,6 +44,54 @@ def family(split: str, shots_train: PositiveInt = 10, shots_test: PositiveInt = 
     """Five 1-D function families (harmonics, lines, quadratics, sawtooths, small sines); scores per family."""
     del split
     return _regression("family", shots_train, shots_test, groups=("family", tuple(metax.data.FAMILY_NAMES)))
+
+
+_FEWSHOT_SOURCES: dict = {}
+
+
+def _labelled_source(source: str, path: Optional[str], image_size: Optional[int]):
+    """`(x, y)` of a labelled source, read once per process."""
+    key = (source, path, image_size)
+    if key not in _FEWSHOT_SOURCES:
+        if source != "digits" and path is None:
+            raise ValueError(f"task fewshot with source={source!r} needs path= (the file or folder to read).")
+        if source == "digits":
+            _FEWSHOT_SOURCES[key] = metax.data.load_digits()
+        elif source == "mnist":
+            _FEWSHOT_SOURCES[key] = metax.data.load_mnist(path, "all")
+        elif source == "npz":
+            _FEWSHOT_SOURCES[key] = metax.data.load_labelled_npz(path)
+        else:
+            _FEWSHOT_SOURCES[key] = metax.data.load_image_folder(path, size=image_size)
+    return _FEWSHOT_SOURCES[key]
+
+
+@register("task", "fewshot")
+def fewshot(
+    split: str,
+    ways: PositiveInt = 5,
+    shots: PositiveInt = 5,
+    queries: PositiveInt = 15,
+    source: Literal["digits", "mnist", "npz", "folder"] = "digits",
+    path: Optional[str] = None,
+    image_size: Optional[PositiveInt] = None,
+    rotations: bool = True,
+    train_classes: Optional[list[int]] = None,
+    test_classes: Optional[list[int]] = None,
+    fractions: list[float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+) -> TaskSpec:
+    """N-way K-shot classification on held-out classes: digits (ships offline), MNIST IDX, .npz, image folders."""
+    x, y = _labelled_source(source, path, image_size)
+    classes = None
+    if train_classes is not None or test_classes is not None:
+        if train_classes is None or test_classes is None:
+            raise ValueError("give both train_classes and test_classes (or neither, to split by fractions).")
+        classes = {"train": list(train_classes), "test": list(test_classes)}
+    splits = metax.data.FewShotSplits(x, y, fractions=tuple(fractions), classes=classes, seed=seed, rotations=rotations)
+    # Meta-training draws the train classes; held-out evaluation the test classes.
+    sampler = splits.sampler("train" if split == "train" else "test", ways=ways, shots=shots, queries=queries)
+    return TaskSpec(sampler, "cross_entropy", ways)
 
 
 # -- models ------------------------------------------------------------------------------

@@ -67,10 +67,19 @@ def run_keys(seed: int) -> Keys:
     return Keys(reset, data, update, eval_tasks, eval_adapt)
 
 
+def _draw(sample_task: Callable, key: jax.Array, batch: Optional[int] = None) -> MetaDataset:
+    """One task (or a meta-batch of `batch`), compiled; a sampler carrying its data as
+    pytree leaves (`jax.tree_util.Partial`) is passed in rather than baked in."""
+    draw = (lambda k, s: s(k)) if batch is None else (lambda k, s: sample_metabatch(k, s, batch))
+    if isinstance(sample_task, jax.tree_util.Partial):
+        return jax.jit(draw)(key, sample_task)
+    return jax.jit(lambda k: draw(k, sample_task))(key)
+
+
 def sample_held_out(key: jax.Array, sample_task: Callable, num_tasks: int, batch_size: int) -> MetaDataset:
     """`num_tasks` held-out tasks, drawn in batches of `batch_size` with keys folded from the
     batch index: the first tasks are the same whatever `num_tasks` is."""
-    draw = jax.jit(lambda k: sample_metabatch(k, sample_task, batch_size))
+    draw = lambda k: _draw(sample_task, k, batch_size)
     batches = [draw(jax.random.fold_in(key, b)) for b in range(math.ceil(num_tasks / batch_size))]
     return jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves)[:num_tasks], *batches)
 
@@ -154,20 +163,23 @@ def make_chunk(
     metric_shapes: dict,
     task_sharding: Optional[jax.sharding.Sharding] = None,
 ) -> Callable:
-    """`chunk(meta_state, start, n) -> (meta_state, metrics, done, finite)`: up to `n`
+    """`chunk(meta_state, start, n, sampler) -> (meta_state, metrics, done, finite)`: up to `n`
     meta-steps from step `start` in one `lax.while_loop`; `metrics` (shaped like
     `metric_shapes`, one step's metrics) are stacked `(buffer, ...)` with the first `done`
     rows filled; it stops early after a step whose watched metrics or hparams are not
     finite (`finite` is then False). With `task_sharding`, every meta-batch is split
-    over devices along its task axis."""
+    over devices along its task axis. `sampler` defaults to `sample_task`; a sampler that
+    carries its data as pytree leaves (a `jax.tree_util.Partial`, e.g. few-shot tasks)
+    is passed as an argument instead, so the data is not compiled in as a constant."""
 
-    def step(meta_state, index):
-        metabatch = sample_metabatch(jax.random.fold_in(keys.data, index), sample_task, meta_batch_size)
+    def step(meta_state, index, sampler):
+        metabatch = sample_metabatch(jax.random.fold_in(keys.data, index), sampler, meta_batch_size)
         if task_sharding is not None:  # each device adapts its share of the tasks
             metabatch = jax.lax.with_sharding_constraint(metabatch, task_sharding)
         return learner.update(jax.random.fold_in(keys.update, index), meta_state, metabatch)
 
-    def chunk(meta_state, start, n):
+    def chunk(meta_state, start, n, sampler=None):
+        sampler = sample_task if sampler is None else sampler
         stacked = jax.tree_util.tree_map(lambda s: jnp.zeros((buffer, *s.shape), s.dtype), metric_shapes)
 
         def cond(carry):
@@ -176,7 +188,7 @@ def make_chunk(
 
         def body(carry):
             i, meta_state, stacked, _ = carry
-            meta_state, metrics = step(meta_state, start + i)
+            meta_state, metrics = step(meta_state, start + i, sampler)
             finite = _all_finite(meta_state.hparams)
             for name in watch:
                 finite = finite & jnp.all(jnp.isfinite(metrics[name]))
@@ -304,7 +316,9 @@ def train(
 
     mesh, replicated, by_task = _mesh(devices, meta_batch_size)
     primary = jax.process_index() == 0  # the process that writes files and shows progress
-    sample_input = jax.jit(sample_task)(keys.data).train.x
+    # A sampler that carries its data (a Partial) is an argument of compiled functions.
+    sampler_arg = sample_task if isinstance(sample_task, jax.tree_util.Partial) else None
+    sample_input = _draw(sample_task, keys.data).train.x
     meta_state = learner.reset(keys.reset, sample_input)
     start = 0
     checkpoints = os.path.join(out, "checkpoints") if out is not None else None
@@ -336,7 +350,11 @@ def train(
         compiled = _DebugNaNSteps(learner, sample_task, meta_batch_size, keys, probe, name)
     else:
         sharded = {} if mesh is None else {"out_shardings": replicated}
-        compiled = jax.jit(run_chunk, donate_argnums=0, **sharded).lower(meta_state, np.int32(0), np.int32(1)).compile()
+        lowered = jax.jit(run_chunk, donate_argnums=0, **sharded).lower(meta_state, np.int32(0), np.int32(1), sampler_arg)
+        executable = lowered.compile()
+
+        def compiled(meta_state, start, n):
+            return executable(meta_state, start, n, sampler_arg)
     compile_seconds = time.perf_counter() - compile_start
 
     writes = out is not None and primary

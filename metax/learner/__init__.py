@@ -1,5 +1,11 @@
 """Meta-learning algorithms: how the meta-gradient or meta-update is obtained."""
 
+from metax.learner.baselines import Classifier
+from metax.learner.baselines import finetune_head
+from metax.learner.baselines import init_classifier
+from metax.learner.baselines import pretrain_classifier
+from metax.learner.baselines import train_classifier
+from metax.learner.baselines import train_from_scratch
 from metax.learner.base import MetaLearner
 from metax.learner.base import MetaLearnerState
 from metax.learner.base import TaskOutcome
@@ -26,6 +32,7 @@ from metax.learner.reptile import Reptile
 
 __all__ = [
     "BufferedReptile",
+    "Classifier",
     "ConjugateGradient",
     "EquilibriumPropagation",
     "EvolutionState",
@@ -43,9 +50,14 @@ __all__ = [
     "T1T2",
     "TaskOutcome",
     "WithLearnedOptimizer",
+    "finetune_head",
+    "init_classifier",
+    "pretrain_classifier",
     "solve_bicgstab",
     "solve_cg",
     "solve_gmres",
     "solve_identity",
     "solve_neumann",
+    "train_classifier",
+    "train_from_scratch",
 ]

@@ -484,7 +484,23 @@ class MetaLearner(abc.ABC):
             rng_steps, state, params, hparams, energy, self.inner_optimizer(hparams), steps,
             truncation=truncation, remat=self.remat,
         )
+        state = self.settle_state(jax.random.fold_in(rng_final, 1), state, hstate, params, hparams, dataset)
         return (state, params), self.inner_metrics(rng_final, state, hstate, params, hparams, dataset, losses)
+
+    def settle_state(
+        self, rng: jax.Array, state: State, hstate: HState, params: Params, hparams: HParams, dataset: Dataset
+    ) -> State:
+        """The model state after one training-mode pass of the adapted `params` over the
+        whole support set `dataset`, which the query pass then reads.
+
+        The inner loop's last pass ran before the last update; this one records batch norm
+        statistics of the adapted network: the support statistics the "support" policy
+        normalises the query with, one more sample of the "running" averages, the
+        "per_step" slot of `steps` updates (`metax.models.norm`). For a network without
+        state it computes nothing that is used, and `jit` removes it.
+        """
+        _, ((state, _), _) = self.inner_loss(rng, state, hstate, params, hparams, dataset)
+        return state
 
     def inner_metrics(self, rng, state, hstate, params, hparams, dataset, losses) -> Metrics:
         """`loss_inner_init` and `nonfinite_inner` from the loop's own losses; the final
@@ -512,8 +528,9 @@ class MetaLearner(abc.ABC):
     def query_energy(
         self, rng: jax.Array, state: State, hstate: HState, params: Params, hparams: HParams, dataset: Dataset
     ) -> tuple[jax.Array, tuple[tuple[State, HState], Metrics]]:
-        """The outer loss on a query set. It runs with `is_training=False`, so batch norm
-        uses its running statistics rather than the query batch (no transduction)."""
+        """The outer loss on a query set. It runs with `is_training=False`: batch norm
+        normalises with what its policy keeps in the state (`metax.models.norm`), not with
+        the query batch, unless the network was built with the "transductive" policy."""
         return self.energy(self.meta_model.loss_fn_outer, rng, state, hstate, params, hparams, dataset, False)
 
     def outer_loss(

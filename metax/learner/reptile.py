@@ -81,6 +81,7 @@ class Reptile(MetaLearner):
             hgrads = set_field(hgrads, hparam_key, displacement)
 
         # The query loss after adapting, for logging and the module's hstate.
+        state = self.settle_state(jax.random.fold_in(rng_outer, 1), state, hstate, adapted, hparams, dataset)
         _, ((_, hstate), metrics_outer) = self.query_energy(rng_outer, state, hstate, adapted, hparams, metadataset.test)
         metrics_inner = self.inner_metrics(rng_partial, state, hstate, adapted, hparams, dataset, losses)
         return hgrads, hstate, {**append_keys(metrics_outer, "outer"), **metrics_inner}

@@ -6,8 +6,12 @@ from metax.models.linear import Linear
 from metax.models.linear import LinearBlock
 from metax.models.mlp import MultilayerPerceptron
 from metax.models.mlp import mlp_fn
+from metax.models.norm import BATCH_NORM_POLICIES
+from metax.models.norm import BatchNorm
 
 __all__ = [
+    "BATCH_NORM_POLICIES",
+    "BatchNorm",
     "Conv4",
     "ConvBlock",
     "Linear",

@@ -9,14 +9,31 @@ from typing import Optional
 import haiku as hk
 import jax
 
+from metax.models.norm import BatchNorm, check_batch_norm_policy
 from metax.models.transform import TransformOutsideHaiku
 
 
 class ConvBlock(hk.Module):
-    """3x3 conv -> batch norm (optional gain/shift as scale/offset) -> ReLU -> 2x2 max-pool."""
+    """3x3 conv -> batch norm (optional gain/shift as scale/offset) -> ReLU -> 2x2 max-pool.
 
-    def __init__(self, channels: int, decay: float = 0.9, max_pool: bool = True, name: Optional[str] = None) -> None:
+    `batch_norm_policy` / `batch_norm_steps` choose what batch norm uses in the inner loop
+    and the query pass (see `Conv4` and `metax.models.norm`).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        decay: float = 0.9,
+        max_pool: bool = True,
+        name: Optional[str] = None,
+        *,
+        batch_norm_policy: str = "running",
+        batch_norm_steps: Optional[int] = None,
+    ) -> None:
+        check_batch_norm_policy(batch_norm_policy, batch_norm_steps)
         super().__init__(name=name)
+        self.batch_norm_policy = batch_norm_policy
+        self.batch_norm_steps = batch_norm_steps
         self.channels = channels
         self.decay = decay
         self.max_pool = max_pool
@@ -25,7 +42,9 @@ class ConvBlock(hk.Module):
         stride = 1 if self.max_pool else 2
         out = hk.Conv2D(self.channels, kernel_shape=3, stride=stride, name="conv")(inputs)
         # Given gains/shifts replace batch norm's own learned scale/offset.
-        norm = hk.BatchNorm(gain is None, shift is None, self.decay, name="norm")
+        norm = BatchNorm(
+            gain is None, shift is None, self.batch_norm_policy, self.batch_norm_steps, self.decay, name="norm"
+        )
         out = norm(out, is_training, scale=gain, offset=shift)
         out = jax.nn.relu(out)
         if self.max_pool:
@@ -44,6 +63,14 @@ class Conv4(hk.Module, metaclass=TransformOutsideHaiku):
       channels: filters per block (64 in the literature, 32 for MAML on miniImageNet).
       decay: batch norm's moving-average decay (metax's second argument).
       readout: if given, a final linear layer with this many outputs (e.g. the classes).
+      max_pool: 2x2 max-pooling after each block (else stride-2 convolutions).
+      batch_norm_policy: what batch norm uses in the inner loop (training-mode passes on
+        the support set) and the query pass (evaluation mode): "running" (moving
+        averages, the default), "support" (the support set's statistics at the adapted
+        weights), "per_step" (MAML++ per-step running statistics; give
+        `batch_norm_steps`, the number of inner steps) or "transductive" (each batch's
+        own statistics, the query set's included). See `metax.models.norm`.
+      batch_norm_steps: the number of inner steps, for "per_step" only.
     """
 
     def __init__(
@@ -53,10 +80,19 @@ class Conv4(hk.Module, metaclass=TransformOutsideHaiku):
         readout: Optional[int] = None,
         max_pool: bool = True,
         name: Optional[str] = None,
+        *,
+        batch_norm_policy: str = "running",
+        batch_norm_steps: Optional[int] = None,
     ) -> None:
         super().__init__(name=name)
         self.readout = readout
-        self.blocks = tuple(ConvBlock(channels, decay, max_pool, name=f"block_{i}") for i in range(4))
+        self.blocks = tuple(
+            ConvBlock(
+                channels, decay, max_pool, name=f"block_{i}",
+                batch_norm_policy=batch_norm_policy, batch_norm_steps=batch_norm_steps,
+            )
+            for i in range(4)
+        )
 
     def __call__(self, inputs: jax.Array, is_training: bool, gain=None, shift=None) -> jax.Array:
         if inputs.ndim != 4:

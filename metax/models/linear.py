@@ -5,6 +5,7 @@ from typing import Optional
 import haiku as hk
 import jax
 
+from metax.models.norm import BatchNorm, check_batch_norm_policy
 from metax.models.transform import TransformOutsideHaiku
 
 
@@ -19,6 +20,10 @@ class LinearBlock(hk.Module, metaclass=TransformOutsideHaiku):
       with_bias: add a bias.
       batch_norm: normalise the outputs with batch statistics (state carried by haiku).
       w_init, b_init: haiku initialisers (defaults: haiku's truncated normal / zeros).
+      batch_norm_policy: what batch norm uses in the inner loop and the query pass:
+        "running" (default), "support", "per_step" or "transductive"; see
+        `metax.models.norm`.
+      batch_norm_steps: the number of inner steps, for "per_step" only.
     """
 
     def __init__(
@@ -29,8 +34,14 @@ class LinearBlock(hk.Module, metaclass=TransformOutsideHaiku):
         w_init: Optional[hk.initializers.Initializer] = None,
         b_init: Optional[hk.initializers.Initializer] = None,
         name: Optional[str] = None,
+        *,
+        batch_norm_policy: str = "running",
+        batch_norm_steps: Optional[int] = None,
     ) -> None:
+        check_batch_norm_policy(batch_norm_policy, batch_norm_steps)
         super().__init__(name=name)
+        self.batch_norm_policy = batch_norm_policy
+        self.batch_norm_steps = batch_norm_steps
         self.output_size = output_size
         self.with_bias = with_bias
         self.batch_norm = batch_norm
@@ -40,7 +51,8 @@ class LinearBlock(hk.Module, metaclass=TransformOutsideHaiku):
     def __call__(self, inputs: jax.Array, is_training: bool) -> jax.Array:
         out = hk.Linear(self.output_size, self.with_bias, self.w_init, self.b_init, name="linear")(inputs)
         if self.batch_norm:
-            out = hk.BatchNorm(True, True, decay_rate=0.9, name="batch_norm")(out, is_training)
+            norm = BatchNorm(True, True, self.batch_norm_policy, self.batch_norm_steps, decay=0.9, name="batch_norm")
+            out = norm(out, is_training)
         return out
 
 

@@ -25,6 +25,9 @@ class MultilayerPerceptron(hk.Module, metaclass=TransformOutsideHaiku):
       activation: applied after every layer but the last (and the last too if
         `activate_final`).
       with_bias, batch_norm, w_init, b_init: passed to each `LinearBlock`.
+      batch_norm_policy, batch_norm_steps: with `batch_norm`, what it uses in the inner
+        loop and the query pass ("running", "support", "per_step" with the number of
+        inner steps, or "transductive"; see `metax.models.norm`).
     """
 
     def __init__(
@@ -37,6 +40,9 @@ class MultilayerPerceptron(hk.Module, metaclass=TransformOutsideHaiku):
         activate_final: bool = False,
         batch_norm: bool = False,
         name: Optional[str] = None,
+        *,
+        batch_norm_policy: str = "running",
+        batch_norm_steps: Optional[int] = None,
     ) -> None:
         super().__init__(name=name)
         self.output_sizes = tuple(output_sizes)
@@ -45,7 +51,10 @@ class MultilayerPerceptron(hk.Module, metaclass=TransformOutsideHaiku):
         self.activation = activation
         self.activate_final = activate_final
         self.layers = tuple(
-            LinearBlock(size, with_bias, batch_norm, w_init, b_init, name=f"linear_{i}")
+            LinearBlock(
+                size, with_bias, batch_norm, w_init, b_init, name=f"linear_{i}",
+                batch_norm_policy=batch_norm_policy, batch_norm_steps=batch_norm_steps,
+            )
             for i, size in enumerate(self.output_sizes)
         )
 

@@ -11,11 +11,12 @@ This mirrors haiku's `transform_with_state` split of parameters and state. Learn
 look inside a module; they call it and its two losses.
 
 The inner loop carries `state` from step to step but keeps `hstate` fixed (it belongs to
-all tasks). Statistics that adaptation should update, such as a shared body's batch-norm
-averages, therefore live in the task's `state`, started from `hstate` by `reset_params`;
-the query forward pass returns the task's copy as its new `hstate`, and the learner
-averages those over the meta-batch (keeping dtypes). `LearnedInit` and `ComplexSynapse`
-instead give every task fresh network state, since all their weights are per task.
+all tasks). Statistics that adaptation should update, such as batch-norm averages,
+therefore live in the task's `state`, started from `hstate` by `reset_params`; the query
+forward pass returns the task's copy as its new `hstate`, and the learner averages those
+over the meta-batch (keeping dtypes). Every module treats its network's haiku state this
+way, so a batch-norm policy (`metax.models.norm`: "running", "support", "per_step",
+"transductive") means the same in each.
 """
 
 import abc

@@ -11,7 +11,8 @@ meta-learned quantities: its rest value `omega` and the strength of its pull tow
     (1/2) * sum_i exp(log_lambda_i) * (w_i - omega_i)^2          (l2_fixed=False)
     (l2_reg/2) * ||w - omega||^2                                 (l2_fixed=True, iMAML)
 
-The network's haiku state is per task, started fresh at every reset, as in `LearnedInit`.
+The network's haiku state (batch-norm statistics) is meta-state, handled as in
+`AlmostNoInnerLoop` and `LearnedInit`.
 """
 
 import functools
@@ -32,7 +33,7 @@ class ComplexSynapseMetaParams(NamedTuple):
 
 
 class ComplexSynapseMetaState(NamedTuple):
-    pass
+    base_learner: hk.State  # the network's haiku state (batch-norm statistics), averaged over tasks
 
 
 class ComplexSynapseParams(NamedTuple):
@@ -40,7 +41,7 @@ class ComplexSynapseParams(NamedTuple):
 
 
 class ComplexSynapseState(NamedTuple):
-    base_learner: hk.State  # haiku state of the network (e.g. batch-norm statistics)
+    base_learner: hk.State  # the task's copy of the network state, updated by training-mode passes
 
 
 class ComplexSynapse(MetaModule):
@@ -99,16 +100,15 @@ class ComplexSynapse(MetaModule):
         output, new_state = self.base_learner.apply(
             params.base_learner, state.base_learner, rng, input, is_training
         )
-        return output, (ComplexSynapseState(new_state), hstate)
+        return output, (ComplexSynapseState(new_state), ComplexSynapseMetaState(new_state))
 
     def reset_hparams(self, rng, sample_input):
-        omega, _ = self.base_learner.init(rng, sample_input, is_training=True)
+        omega, net_state = self.base_learner.init(rng, sample_input, is_training=True)
         log_lambda = None
         if not self.l2_fixed:
             fill = functools.partial(jnp.full_like, fill_value=math.log(self.l2_reg))
             log_lambda = jax.tree_util.tree_map(fill, omega)
-        return ComplexSynapseMetaParams(omega, log_lambda), ComplexSynapseMetaState()
+        return ComplexSynapseMetaParams(omega, log_lambda), ComplexSynapseMetaState(net_state)
 
     def reset_params(self, rng, hparams, hstate, sample_input):
-        _, net_state = self.base_learner.init(rng, sample_input, is_training=True)
-        return ComplexSynapseParams(hparams.omega), ComplexSynapseState(net_state)
+        return ComplexSynapseParams(hparams.omega), ComplexSynapseState(hstate.base_learner)

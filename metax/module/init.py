@@ -4,6 +4,11 @@ Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep 
 ICML 2017, https://arxiv.org/abs/1703.03400. With `reg_strength` the inner loss adds the
 iMAML proximal term (Rajeswaran et al., NeurIPS 2019) that pulls the adapted weights back
 toward the learned initialisation.
+
+The network's haiku state (batch-norm statistics) is meta-state, handled as in
+`AlmostNoInnerLoop`: every task starts from `hstate`, and the learner averages the tasks'
+copies after the query pass, so running statistics run across tasks (see
+`metax.models.norm` for the batch-norm policies).
 """
 
 import functools
@@ -21,7 +26,7 @@ class LearnedInitMetaParams(NamedTuple):
 
 
 class LearnedInitMetaState(NamedTuple):
-    pass
+    base_learner: hk.State  # the network's haiku state (batch-norm statistics), averaged over tasks
 
 
 class LearnedInitParams(NamedTuple):
@@ -29,7 +34,7 @@ class LearnedInitParams(NamedTuple):
 
 
 class LearnedInitState(NamedTuple):
-    base_learner: hk.State  # haiku state of the network (e.g. batch-norm statistics)
+    base_learner: hk.State  # the task's copy of the network state, updated by training-mode passes
 
 
 class LearnedInit(MetaModule):
@@ -85,15 +90,14 @@ class LearnedInit(MetaModule):
         output, new_state = self.base_learner.apply(
             params.base_learner, state.base_learner, rng, input, is_training
         )
-        return output, (LearnedInitState(new_state), hstate)
+        return output, (LearnedInitState(new_state), LearnedInitMetaState(new_state))
 
     def reset_hparams(self, rng, sample_input):
         weights, net_state = self.base_learner.init(rng, sample_input, is_training=True)
         apply = functools.partial(self.base_learner.apply, is_training=True)
         output = jax.eval_shape(apply, weights, net_state, rng, sample_input)[0]
         check_output_dim(output, self.output_dim, "base_learner")
-        return LearnedInitMetaParams(weights), LearnedInitMetaState()
+        return LearnedInitMetaParams(weights), LearnedInitMetaState(net_state)
 
     def reset_params(self, rng, hparams, hstate, sample_input):
-        _, net_state = self.base_learner.init(rng, sample_input, is_training=True)
-        return LearnedInitParams(hparams.base_learner_init), LearnedInitState(net_state)
+        return LearnedInitParams(hparams.base_learner_init), LearnedInitState(hstate.base_learner)
