@@ -255,20 +255,24 @@ def plot(curves: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
     titles = ["cosine to reference", "relative error", "seconds per meta-step", "XLA peak MiB"]
     for name, points in curves.items():
         points = np.array([[np.nan if v is None else v for v in p] for p in points], dtype=float)
         for column, ax in enumerate(axes, start=1):
             ax.plot(points[:, 0], points[:, column], marker="o", label=name)
+    ks = sorted({p[0] for points in curves.values() for p in points})
     for ax, title in zip(axes, titles):
         ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
         ax.set_xlabel("inner steps K")
         ax.set_title(title)
     for ax in axes[1:]:
         ax.set_yscale("log")
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
