@@ -81,6 +81,60 @@ def measure(label: str, meta_batch: int, windows: int, quick: bool) -> list:
     ]
 
 
+def profile(label: str, meta_batch: int, steps: int = 300, windows: int = 5) -> dict:
+    """Where a per-step loop's time goes: milliseconds per step of the whole loop, of the
+    jitted `update` alone (pre-drawn batch, pre-folded keys), of the jitted sampler alone,
+    of the two eager `fold_in` calls alone, and of one compiled runner step."""
+    import statistics
+    import time
+
+    import jax
+
+    from common import time_runner_and_per_step
+    from metax.data import sample_metabatch
+    from metax.experiment import build, load_config, loop
+
+    path = os.path.join(CONFIGS, LEARNERS[label])
+    experiment = build(load_config(path, overrides_for(path, meta_batch, False)))
+    learner, sample = experiment.learner, experiment.task.sample_task
+    keys = loop.run_keys(0)
+    draw = jax.jit(lambda k: sample_metabatch(k, sample, meta_batch))
+    update = jax.jit(learner.update)
+    meta = learner.reset(keys.reset, jax.jit(sample)(keys.data).train.x)
+    batch = draw(keys.data)
+    meta = jax.block_until_ready(update(keys.update, meta, batch)[0])
+    folded = [jax.random.fold_in(keys.update, i) for i in range(steps)]
+
+    def ms(run):
+        times = []
+        for _ in range(windows):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1e3 / steps)
+        return statistics.median(times)
+
+    def update_only():
+        state = meta
+        for key in folded:
+            state, _ = update(key, state, batch)
+        jax.block_until_ready(state)
+
+    def draw_only():
+        for key in folded:
+            out = draw(key)
+        jax.block_until_ready(out)
+
+    def fold_only():
+        for i in range(steps):
+            out = (jax.random.fold_in(keys.update, i), jax.random.fold_in(keys.data, i))
+        jax.block_until_ready(out)
+
+    update_only(), draw_only(), fold_only()
+    timing = time_runner_and_per_step(learner, sample, meta_batch, windows)
+    return {"per-step loop": 1e3 / timing["per_step"], "update alone": ms(update_only), "sampler alone": ms(draw_only),
+            "two eager fold_in": ms(fold_only), "runner (per step)": 1e3 / timing["runner"]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meta-batch", default="25,1024", help="comma list of meta-batch sizes")
@@ -88,11 +142,18 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny models, 1-step loops, one short window (a smoke run)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--profile", action="store_true", help="split each --only learner's per-step time into its parts")
     args = parser.parse_args(argv)
     unknown = [name for name in args.only.split(",") if name not in LEARNERS]
     if unknown:
         parser.error(f"--only: unknown learner(s) {unknown}; choose from {', '.join(LEARNERS)}.")
     windows = 1 if args.quick else args.windows
+    if args.profile:
+        for meta_batch in (int(v) for v in args.meta_batch.split(",")):
+            for label in args.only.split(","):
+                parts = profile(label, meta_batch)
+                print(f"{label} mb={meta_batch}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in parts.items()), flush=True)
+        return 0
     rows = []
     for meta_batch in (int(v) for v in args.meta_batch.split(",")):
         for label in args.only.split(","):

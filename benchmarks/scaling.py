@@ -52,7 +52,7 @@ def run(devices: int, meta_batch: int, steps: int, quick: bool) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meta-batch", default="24,256", help="comma list (each divisible by 4)")
-    parser.add_argument("--steps", type=int, default=1500, help="meta-steps per run")
+    parser.add_argument("--steps", type=int, default=1500, help="meta-steps per run at meta-batch 24 (scaled down for larger)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per device count (interleaved); the median counts")
     parser.add_argument("--quick", action="store_true", help="tiny model, 20 steps, one round (a smoke run)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
@@ -62,16 +62,17 @@ def main(argv=None) -> int:
     rows = []
     for meta_batch in (int(v) for v in args.meta_batch.split(",")):
         results = {d: [] for d in counts}
+        run_steps = steps if args.quick else max(100, steps * 24 // meta_batch)
         for _ in range(rounds):
             for d in counts:
-                results[d].append(run(d, meta_batch, steps, args.quick))
+                results[d].append(run(d, meta_batch, run_steps, args.quick))
         base = statistics.median(r["rate"] for r in results[1])
         for d in counts:
             rate = statistics.median(r["rate"] for r in results[d])
             compile_s = statistics.median(r["compile"] for r in results[d])
             gap = max(float(np.max(np.abs(r["hparams"] - results[1][0]["hparams"]))) for r in results[d])
-            row = [f"SO-MAML K=5 MLP 40-40 mb={meta_batch}", d, f"{jax.devices()[0].platform} ({len(jax.devices())} forced)"
-                   if jax.devices()[0].platform == "cpu" else jax.devices()[0].device_kind, steps, f"{rate:.0f}",
+            row = [f"{'quick: MLP 8-8 K=1' if args.quick else 'SO-MAML K=5 MLP 40-40'} mb={meta_batch}", d, f"{jax.devices()[0].platform} ({len(jax.devices())} forced)"
+                   if jax.devices()[0].platform == "cpu" else jax.devices()[0].device_kind, run_steps, f"{rate:.0f}",
                    f"{rate / base:.2f}", f"{compile_s:.2f}", f"{gap:.1e}"]
             print(" | ".join(str(c) for c in row), flush=True)
             rows.append(row)
