@@ -285,10 +285,10 @@ class MetaLearner(abc.ABC):
         wants_remat = not (isinstance(remat, (bool, np.bool_)) and not remat)
         if (truncation is not None or wants_remat) and not self.gradient_through_inner_loop:
             given = f"truncation={truncation}" if truncation is not None else f"remat={remat!r}"
+            why = "" if truncation is not None else ": there is no backward pass through the loop to rematerialise"
             raise ValueError(
                 f"{name} takes no gradient through the inner loop, so {given} would change "
-                "nothing (its memory does not grow with the backward pass through the loop); "
-                "drop it (ModelAgnosticMetaLearning and LearnedKernel use it)."
+                f"nothing{why}; drop it (ModelAgnosticMetaLearning and LearnedKernel use it)."
             )
         self.remat = _check_remat(remat, self.steps_inner)
         self.truncation = truncation
