@@ -103,7 +103,7 @@ def test_legacy_names_and_kwargs_work():
     assert type(learner.strategy).__name__ == "Open_ES" and learner.strategy.population_size == 8
     assert float(learner.strategy.std_schedule(0)) == pytest.approx(0.05)
     cma = make("CMA_ES", {"popsize": 8, "sigma_init": 0.3})
-    assert float(cma._strategy_params().std_init) == pytest.approx(0.3)
+    assert float(cma.engine.params(cma.strategy).std_init) == pytest.approx(0.3)
     batch = metax.data.sample_metabatch(jax.random.PRNGKey(0), SAMPLE_TASK, 2)
     for strategy in (learner, cma, make("SimpleGA", {"popsize": 8, "sigma_init": 0.1})):
         meta_state = strategy.reset(jax.random.PRNGKey(1), batch.train.x[0])

@@ -321,14 +321,14 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="state_dim=5 but the params have 3 entries per row.*pass state_dim=3"):
         optimizer.init(jax.random.PRNGKey(0), z)
 
-    # A non-finite gradient names its step, eagerly and under jit.
-    kernel = metax.kernel.MetadynamicOptimizer(3)
+    # With the opt-in debugging check, a non-finite gradient names its step, eagerly and under jit.
+    kernel = metax.kernel.MetadynamicOptimizer(3, check_finite=True)
     opt = kernel.optimizer(kernel.init(jax.random.PRNGKey(0), z))
     state = opt.init(z)
     _, state = opt.update(g, state, z)
     with pytest.raises(ValueError, match=r"non-finite gradient at inner step 1 \(counting from 0\)"):
         opt.update(g.at[0, 1].set(jnp.nan), state, z)
-    learner = metax.learner.LearnedKernel(learned_init(), None, 3, metax.kernel.CoordinatewiseKernel(), optax.sgd(0.1))
+    learner = metax.learner.LearnedKernel(learned_init(), None, 3, metax.kernel.CoordinatewiseKernel(check_finite=True), optax.sgd(0.1))
     batch = sinusoid_batch(0, 2)
     meta_state = learner.reset(jax.random.PRNGKey(0), batch.train.x[0])
     poisoned = batch._replace(train=batch.train._replace(y=batch.train.y.at[1, 0, 0].set(jnp.inf)))
@@ -336,7 +336,7 @@ def test_bad_input_gives_clear_errors():
         jax.block_until_ready(jax.jit(learner.eval, static_argnames="steps")(jax.random.PRNGKey(0), meta_state, poisoned, 3))
 
     sgd = optax.sgd(0.1)
-    with pytest.raises(ValueError, match=r"truncation=5 is longer than the inner loop \(steps_inner=3\)"):
+    with pytest.raises(ValueError, match=r"truncation=5 must lie in \[1, steps_inner=3\]"):
         metax.learner.LearnedKernel(learned_init(), None, 3, metax.kernel.MetaSGD(0.1), sgd, truncation=5)
     with pytest.raises(ValueError, match="truncation=2 steps, which must divide steps_inner=3"):
         metax.learner.LearnedKernel(learned_init(), None, 3, metax.kernel.MetaSGD(0.1), sgd, estimator="pes", truncation=2)

@@ -135,7 +135,8 @@ def test_adapt_reduces_inner_loss_and_extra_metrics_are_exact():
     # Without extra_metrics no extra pass is made and no final metric is reported.
     plain = make_maml(20, lr=0.05)
     _, plain_metrics = plain.adapt(jax.random.PRNGKey(0), state, meta_state.hstate, params, meta_state.hparams, task.train, 20)
-    assert set(plain_metrics) == {"loss_inner_init"}
+    assert set(plain_metrics) == {"loss_inner_init", "nonfinite_inner"}
+    assert int(plain_metrics["nonfinite_inner"]) == 0
 
 
 def test_minibatch_inner_loop_uses_random_subsets():

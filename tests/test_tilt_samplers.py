@@ -179,3 +179,15 @@ def test_gibbs_chains_are_vmapped_and_jitted_consistently():
     assert r1.action_trace.shape == (8, 3)
     np.testing.assert_array_equal(r1.actions, r2.actions)  # explicit keys: reproducible
     assert len(set(np.asarray(r1.actions).tolist())) == 8  # chains are independent
+
+
+def test_diagnostics_follow_the_samples_dtype():
+    """No float32 hard-coded: under x64 every field of a result is float64."""
+    import jax.numpy as jnp
+    from conftest import x64
+
+    with x64():
+        tilt = GaussianTilt(TiltParams())
+        for name in ("gibbs", "pc_mala"):
+            r = run_sampler(name, jax.random.PRNGKey(0), tilt, SamplerConfig(n_chains=8, n_steps=2, K=2))
+            assert {r.actions.dtype, r.accept_rate.dtype, r.evals_per_action.dtype} == {jnp.dtype(jnp.float64)}, name

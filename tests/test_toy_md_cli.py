@@ -32,7 +32,12 @@ def test_every_flag_of_the_seed_exists():
 def test_quick_run_writes_every_artifact_with_sane_values(tmp_path, capsys):
     out = tmp_path / "toy"
     assert run_toy_md.main(QUICK + ["--samplers", "pc_ula,gibbs", "--mu-Q", "3.0", "--out", str(out)]) == 0
-    assert "pc_ula: action KL" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "pc_ula: action KL" in captured.out
+    assert "toy_md: 100%" in captured.err  # the progress bar: 2 samplers + 1 refresh sweep
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~umask  # as the plots, not 0600
     for name in ("pc_ula", "gibbs"):
         for stem in ("action_match", "state_match"):
             assert (out / f"{stem}_{name}.png").is_file() and (out / f"{stem}_{name}_gt.png").is_file()
@@ -81,3 +86,27 @@ def test_script_exit_code_from_the_shell():
     proc = subprocess.run([sys.executable, SCRIPT, "--beta-schedule", "nope"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert "unknown beta schedule 'nope'" in proc.stderr
+
+
+def test_default_output_is_outside_the_source_tree_and_runs_are_not_overwritten(tmp_path, capsys):
+    args = run_toy_md.build_parser().parse_args([])
+    assert args.out == os.path.join("runs", "toy_md") and not os.path.isabs(args.out)
+    out = tmp_path / "earlier"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"kept": true}')
+    assert run_toy_md.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json exists; pass --overwrite or choose another --out" in err and err.count("\n") == 1
+    assert json.loads((out / "metrics.json").read_text()) == {"kept": True}
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+def test_write_json_atomic_gives_the_umask_mode(tmp_path):
+    from metax.experiment import write_json_atomic
+
+    umask = os.umask(0o027)
+    try:
+        write_json_atomic(str(tmp_path / "m.json"), {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o640

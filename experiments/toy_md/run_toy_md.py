@@ -15,15 +15,16 @@ against the closed form (`metax.tilt.GaussianTilt`). The script
 
 and writes metrics.json plus plots and GIFs to `--out`.
 
-    python experiments/toy_md/run_toy_md.py --out /tmp/toy_md
-    python experiments/toy_md/run_toy_md.py --samplers all --beta-schedule late_ramp
+    python experiments/toy_md/run_toy_md.py --out runs/toy_md
+    python experiments/toy_md/run_toy_md.py --samplers all --beta-schedule late_ramp --out runs/toy_md_all
+
+It refuses to overwrite an earlier run's metrics.json in --out unless given --overwrite.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 import matplotlib
 
@@ -40,6 +42,7 @@ if importlib.util.find_spec("metax") is None:  # run from a checkout without ins
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 
+from metax.experiment import write_json_atomic  # noqa: E402
 from metax.tilt import (  # noqa: E402
     PC_SAMPLERS,
     SAMPLERS,
@@ -56,7 +59,7 @@ from metax.tilt import (  # noqa: E402
 )
 
 PROG = "run_toy_md.py"
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+DEFAULT_OUT = os.path.join("runs", "toy_md")  # relative to the working directory, never the source tree
 KS_DRAWS = 20_000  # exact draws for the conditional-invariance KS tests
 # Pairs with |a - a0| < 0.1 sd of pi_beta enter the windowed KS test; the window adds
 # alpha^2 (0.1 sd)^2 / 3 to the variance of s', far below what the test can resolve.
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--n-steps", type=int, default=100, help="steps of the plain MCMC samplers (default 100)")
     add("--step-size", type=float, default=0.1, help="Langevin step in units of the prior variance (default 0.1)")
     add("--seed", type=int, default=0, help="PRNG seed (default 0)")
-    add("--out", default=DEFAULT_OUT, help="output folder (default experiments/toy_md/out)")
+    add("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    add("--overwrite", action="store_true", help="replace an earlier run's metrics.json in --out")
     return p
 
 
@@ -111,6 +115,9 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], GaussianTilt]:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
     if not args.step_size > 0:
         raise ValueError(f"--step-size must be positive, got {args.step_size:g}")
+    metrics_path = os.path.join(args.out, "metrics.json")
+    if os.path.exists(metrics_path) and not args.overwrite:
+        raise ValueError(f"{metrics_path} exists; pass --overwrite or choose another --out")
     params = TiltParams(**{field: getattr(args, field) for field in TiltParams._fields})
     try:
         validate_params(params, [args.lambda_scale])
@@ -304,26 +311,31 @@ def run(args: argparse.Namespace, names: list[str], tilt: GaussianTilt) -> dict[
     levels = make_levels(args.beta_schedule, beta, args.K, args.sigma_a)
     a0, window = out["conditional_invariance"]["a0"], out["conditional_invariance"]["window"]
     out["samplers"] = {}
+    pc_names = [x for x in names if x in PC_SAMPLERS]
+    bar = tqdm(total=len(names) + len(pc_names), desc="toy_md", unit="sampler")
     for name, key in zip(names, jax.random.split(k_samplers, len(names))):
+        bar.set_postfix(sampler=name)
         t0 = time.perf_counter()
         kls, results = _kl_runs(name, key, tilt, beta, config, args.kl_runs, bins)
         m = _sampler_metrics(name, results, kls, tilt, a0, window)
         m["seconds"] = time.perf_counter() - t0
         out["samplers"][name] = m
         _sampler_plots(args, name, results[0], m, tilt, levels, key, exact_a, exact_s)
+        bar.update()
 
-    pc_names = [x for x in names if x in PC_SAMPLERS]
-    out["refresh_sweep"] = _refresh_sweep(args, pc_names, k_sweep, tilt, config, out["kl_exact_samples"])
+    out["refresh_sweep"] = _refresh_sweep(args, pc_names, k_sweep, tilt, config, out["kl_exact_samples"], bar)
+    bar.close()
     out["runtime_s"] = time.perf_counter() - t_start
-    _write_json(os.path.join(args.out, "metrics.json"), out)
+    write_json_atomic(os.path.join(args.out, "metrics.json"), _finite_or_none(out))
     return out
 
 
-def _refresh_sweep(args, pc_names, key, tilt, config, out_floor):
+def _refresh_sweep(args, pc_names, key, tilt, config, out_floor, bar):
     """KL vs state refreshes per level, L = 0..--sweep-max-refresh, per annealed sampler."""
     refresh = list(range(args.sweep_max_refresh + 1))
     sweep: dict[str, Any] = {"refresh_L": refresh}
     for name, k in zip(pc_names, jax.random.split(key, max(len(pc_names), 1))):
+        bar.set_postfix(sweep=name)
         # The same key at every L (common random numbers): differences are due to L alone.
         kls = np.stack([
             _kl_runs(name, k, tilt, args.lambda_scale, config._replace(refresh_L=L), args.sweep_runs, args.kl_bins)[0]
@@ -333,6 +345,7 @@ def _refresh_sweep(args, pc_names, key, tilt, config, out_floor):
             "action_kl_mean": kls[:, :, 0].mean(1).tolist(), "action_kl_std": kls[:, :, 0].std(1).tolist(),
             "state_kl_mean": kls[:, :, 1].mean(1).tolist(), "state_kl_std": kls[:, :, 1].std(1).tolist(),
         }
+        bar.update()
     if pc_names:
         for kind in ("action", "state"):
             fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -351,21 +364,15 @@ def _refresh_sweep(args, pc_names, key, tilt, config, out_floor):
     return sweep
 
 
-def _write_json(path, obj):
-    """Atomic write: a reader never sees a half-written metrics.json."""
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, float) and not np.isfinite(x):
-            return None
-        return x
-
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(clean(obj), f, indent=2)
-    os.replace(tmp, path)
+def _finite_or_none(x):
+    """The metrics with NaN / inf replaced by null (JSON has no such numbers)."""
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
 
 
 def _summary(out: dict[str, Any]) -> str:

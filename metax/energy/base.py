@@ -50,6 +50,15 @@ class EnergyFunction(abc.ABC):
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns the scalar energy and a dict of metrics."""
 
+    def check_target(self, pred: jax.ShapeDtypeStruct, target: jax.ShapeDtypeStruct, argument: str) -> None:
+        """Raises if `target` cannot be scored against predictions shaped like `pred`.
+
+        Learners call this once per call (at trace time under `jit`) with one task's
+        shapes, so a target that would broadcast against the model's output fails with a
+        message naming `argument` instead of training on. The default accepts anything:
+        regularisers do not read targets; data losses override it.
+        """
+
     def _reduce(self, value: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
         """Reduces `value` per `self.reduction`; a mask weights (and counts) elements."""
         if mask is not None:
@@ -73,6 +82,10 @@ class EnergySum(EnergyFunction):
         for energy in energies:
             flat.extend(energy.energies if isinstance(energy, EnergySum) else [energy])
         self.energies = tuple(flat)
+
+    def check_target(self, pred, target, argument):
+        for energy in self.energies:
+            energy.check_target(pred, target, argument)
 
     def __call__(self, rng, pred, target, params, hparams, state, hstate, info=None):
         rngs = [None] * len(self.energies) if rng is None else jax.random.split(rng, len(self.energies))

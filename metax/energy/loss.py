@@ -13,6 +13,38 @@ import optax
 from metax.energy.base import EnergyFunction
 
 
+def check_same_shape(pred: jax.ShapeDtypeStruct, target: jax.ShapeDtypeStruct, argument: str, name: str) -> None:
+    """A regression target must have exactly the prediction's shape: anything else broadcasts."""
+    if tuple(target.shape) != tuple(pred.shape):
+        try:
+            broadcast = f"they would broadcast to {jnp.broadcast_shapes(tuple(pred.shape), tuple(target.shape))}"
+        except ValueError:
+            broadcast = "they do not even broadcast"
+        raise ValueError(
+            f"{argument} has shape {tuple(target.shape)} per task but the model outputs "
+            f"{tuple(pred.shape)}; {name} needs equal shapes ({broadcast}). Reshape the targets "
+            f"(e.g. y[..., None] for (samples,) targets) or make the network's last layer "
+            f"{target.shape[-1] if len(target.shape) > 1 else 1} wide."
+        )
+    if not jnp.issubdtype(target.dtype, jnp.floating):
+        raise TypeError(f"{argument} has dtype {target.dtype}; {name} takes floating targets: use y.astype(jnp.float32).")
+
+
+def check_class_labels(pred: jax.ShapeDtypeStruct, target: jax.ShapeDtypeStruct, argument: str, name: str) -> None:
+    """Class labels are integers of the logits' shape without the class axis."""
+    if not jnp.issubdtype(target.dtype, jnp.integer):
+        raise TypeError(
+            f"{argument} has dtype {target.dtype}; {name} takes integer class labels of shape "
+            f"{tuple(pred.shape[:-1])}: use y.astype(jnp.int32) (for one-hot targets, y.argmax(-1))."
+        )
+    if tuple(target.shape) != tuple(pred.shape[:-1]):
+        raise ValueError(
+            f"{argument} has shape {tuple(target.shape)} per task but the model outputs logits "
+            f"{tuple(pred.shape)}; {name} needs labels of shape {tuple(pred.shape[:-1])} (e.g. y[..., 0] "
+            "for (samples, 1) labels)."
+        )
+
+
 def accuracy(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
     """Fraction of samples whose arg-max logit equals the integer label."""
     hits = (jnp.argmax(logits, axis=-1) == labels).astype(logits.dtype)
@@ -27,6 +59,9 @@ class SquaredError(EnergyFunction):
     Shapes: `pred` and `target` both `(samples, output_dim)`.
     """
 
+    def check_target(self, pred, target, argument):
+        check_same_shape(pred, target, argument, "SquaredError")
+
     def __call__(self, rng, pred, target, params, hparams, state, hstate, info=None):
         loss = self._reduce(jnp.square(pred - target))
         return loss, {"loss": loss}
@@ -34,6 +69,9 @@ class SquaredError(EnergyFunction):
 
 class SquaredErrorMasked(EnergyFunction):
     """`SquaredError` over the samples where `info["mask"]` (shape `(samples,)`) is 1."""
+
+    def check_target(self, pred, target, argument):
+        check_same_shape(pred, target, argument, "SquaredErrorMasked")
 
     def __call__(self, rng, pred, target, params, hparams, state, hstate, info=None):
         loss = self._reduce(jnp.square(pred - target), _mask(info))
@@ -47,6 +85,9 @@ class CrossEntropy(EnergyFunction):
     `info["hard_targets"]` (if present) is used for the accuracy.
     """
 
+    def check_target(self, pred, target, argument):
+        check_class_labels(pred, target, argument, "CrossEntropy")
+
     def __call__(self, rng, pred, target, params, hparams, state, hstate, info=None):
         info = {} if info is None else info
         loss = self._reduce(optax.softmax_cross_entropy_with_integer_labels(pred, target))
@@ -55,6 +96,9 @@ class CrossEntropy(EnergyFunction):
 
 class CrossEntropyMasked(EnergyFunction):
     """`CrossEntropy` over the samples where `info["mask"]` is 1."""
+
+    def check_target(self, pred, target, argument):
+        check_class_labels(pred, target, argument, "CrossEntropyMasked")
 
     def __call__(self, rng, pred, target, params, hparams, state, hstate, info=None):
         mask = _mask(info)

@@ -21,8 +21,9 @@ def interval(values: Any) -> dict:
     n = values.size
     if n == 0:
         return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
-    mean = float(values.mean())
-    half = float(Z95 * values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the spread is nan, as intended
+        mean = float(values.mean())
+        half = float(Z95 * values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     return {"mean": mean, "ci95": half, "n": int(n)}
 
 

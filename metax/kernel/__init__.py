@@ -1,8 +1,6 @@
 """Learned inner optimisers: meta-parameters in, optax optimiser out."""
 
 from metax.kernel.base import LearnedOptimizer
-from metax.kernel.base import LearnedOptimizerHParams
-from metax.kernel.base import WithLearnedOptimizer
 from metax.kernel.base import check_theta_matches
 from metax.kernel.base import is_learned_optimizer
 from metax.kernel.coordinatewise import CoordinatewiseKernel
@@ -20,13 +18,11 @@ __all__ = [
     "CoordinatewiseState",
     "LayerStepLR",
     "LearnedOptimizer",
-    "LearnedOptimizerHParams",
     "MetaSGD",
     "MetadynamicKernel",
     "MetadynamicOptimizer",
     "MetadynamicState",
     "ScalarLR",
-    "WithLearnedOptimizer",
     "check_theta_matches",
     "finite_gradient_guard",
     "is_learned_optimizer",

@@ -64,7 +64,10 @@ class CoordinatewiseKernel(LearnedOptimizer):
       step_fraction: feed t / T.
       param_feature: feed the parameter's value.
       activation: the MLP's activation.
-      check_finite: raise, naming the step, on a NaN or infinite gradient.
+      check_finite: debugging aid, off by default: raise, naming the step, on a NaN or
+        infinite gradient. Under `jit` the check is a host callback on every inner step
+        (see `finite_gradient_guard`); in training read the learner's `nonfinite_inner`
+        metric instead, which costs nothing and never raises.
 
     Example:
       >>> kernel = CoordinatewiseKernel(hidden_sizes=(16,), step_size=0.01)
@@ -83,7 +86,7 @@ class CoordinatewiseKernel(LearnedOptimizer):
         step_fraction: bool = False,
         param_feature: bool = True,
         activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
-        check_finite: bool = True,
+        check_finite: bool = False,
     ) -> None:
         if step_size is not None and not step_size > 0:
             raise ValueError(f"CoordinatewiseKernel: step_size must be > 0 or None, got {step_size!r}.")
@@ -92,6 +95,11 @@ class CoordinatewiseKernel(LearnedOptimizer):
                 raise ValueError(f"CoordinatewiseKernel: decays must lie in [0, 1), got {decay!r}.")
         if step_fraction and (not isinstance(num_steps, int) or num_steps < 1):
             raise ValueError(f"CoordinatewiseKernel: step_fraction=True needs num_steps, a positive int; got {num_steps!r}.")
+        if num_steps is not None and not step_fraction:
+            raise ValueError(
+                f"CoordinatewiseKernel: num_steps={num_steps!r} is the run length T of the feature t / T, "
+                "read only with step_fraction=True; pass step_fraction=True or drop num_steps."
+            )
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.step_size = step_size
         self.output_scale = float(output_scale)

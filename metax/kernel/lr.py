@@ -24,6 +24,11 @@ PARAMETERIZATIONS = ("identity", "softplus", "log")
 def _to_raw(lr: float, parameterization: str, name: str) -> float:
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"{name}: parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}.")
+    if parameterization == "identity" and not lr >= 0:
+        raise ValueError(
+            f"{name}: lr_init={lr} is a negative learning rate (the inner loop would climb the "
+            "loss); pass lr_init >= 0."
+        )
     if parameterization != "identity" and not lr > 0:
         raise ValueError(
             f"{name}: lr_init={lr} cannot be represented under the {parameterization!r} "

@@ -49,7 +49,8 @@ def _raise_if_nonfinite(finite: np.ndarray, step: np.ndarray, name: str, dtype) 
 
 def finite_gradient_guard(grads: Any, step: jax.Array, name: str, dtype: Any) -> jax.Array:
     """A scalar 1 of `dtype` to multiply the update by; raises `ValueError` naming `step`
-    if any gradient entry is NaN or infinite.
+    if any gradient entry is NaN or infinite. A debugging aid (the kernels' opt-in
+    `check_finite`): a learner's `nonfinite_inner` metric is the way to watch training.
 
     Eagerly the check is immediate. Under `jit` / `vmap` / `scan` it is a vectorised
     `jax.pure_callback` (one host call per step, however many tasks or ES members are
@@ -215,7 +216,10 @@ class MetadynamicOptimizer(LearnedOptimizer):
       horizon: with `step_fraction=True`, the run length T of the input `t / T`; the inner
         loop may then not run longer than `horizon` steps.
       step_fraction: feed `t / T` (needs `horizon`).
-      check_finite: raise, naming the step, on a NaN or infinite gradient.
+      check_finite: debugging aid, off by default: raise, naming the step, on a NaN or
+        infinite gradient. Under `jit` the check is a host callback on every inner step
+        (see `finite_gradient_guard`); in training read the learner's `nonfinite_inner`
+        metric instead, which costs nothing and never raises.
     """
 
     def __init__(
@@ -230,10 +234,15 @@ class MetadynamicOptimizer(LearnedOptimizer):
         step_fraction: bool = False,
         horizon: Optional[int] = None,
         activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
-        check_finite: bool = True,
+        check_finite: bool = False,
     ) -> None:
         if step_fraction and (not isinstance(horizon, int) or horizon < 1):
             raise ValueError(f"MetadynamicOptimizer: step_fraction=True needs horizon, a positive int; got {horizon!r}.")
+        if horizon is not None and not step_fraction:
+            raise ValueError(
+                f"MetadynamicOptimizer: horizon={horizon!r} is the run length T of the input t / T, "
+                "read only with step_fraction=True; pass step_fraction=True or drop horizon."
+            )
         self.state_dim = state_dim
         self.memory_size = memory_size
         self.step_fraction = step_fraction

@@ -18,6 +18,8 @@ from metax.learner.implicit import ImplicitDifferentiation
 from metax.learner.implicit import RecurrentBackpropagation
 from metax.learner.implicit import T1T2
 from metax.learner.learned_kernel import LearnedKernel
+from metax.learner.learned_optimizer import LearnedOptimizerHParams
+from metax.learner.learned_optimizer import WithLearnedOptimizer
 from metax.learner.linear_solve import solve_bicgstab
 from metax.learner.linear_solve import solve_cg
 from metax.learner.linear_solve import solve_gmres
@@ -37,6 +39,7 @@ __all__ = [
     "Evosax",
     "ImplicitDifferentiation",
     "LearnedKernel",
+    "LearnedOptimizerHParams",
     "MAML",
     "MetaLearner",
     "MetaLearnerState",
@@ -46,6 +49,7 @@ __all__ = [
     "SymmetricEquilibriumPropagation",
     "T1T2",
     "TaskOutcome",
+    "WithLearnedOptimizer",
     "finetune_head",
     "init_classifier",
     "pretrain_classifier",

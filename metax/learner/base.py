@@ -5,21 +5,25 @@ optax optimiser over the support set; the outer loss adapts from the module's st
 params and scores the query set; `update` vmaps a per-task meta-gradient over the task
 axis, averages it and applies the outer optimiser. A learner adds only `grad`, how one
 task's meta-gradient is obtained (backprop through `adapt`, implicit at its end point,
-a contrastive difference, ...).
+a contrastive difference, ...); the `MetaLearner` docstring says how to write one.
 """
 
 import abc
 import functools
 import operator
+import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from metax.data import Dataset, MetaDataset, check_metabatch, get_batch
+from metax.data import Dataset, MetaDataset, get_batch
 from metax.energy import EnergyFunction
-from metax.kernel.base import WithLearnedOptimizer, is_learned_optimizer
+from metax.kernel.base import is_learned_optimizer
+from metax.learner import contract
+from metax.learner.learned_optimizer import WithLearnedOptimizer
 from metax.module.base import HParams, HState, MetaModule, Params, State
 from metax.utils import append_keys, tree_add, tree_mean_keep_dtype
 
@@ -48,9 +52,24 @@ def _check_optimizer(optimizer: Any, argument: str) -> None:
             f"{argument} must be an optax.GradientTransformation such as optax.sgd(0.01), "
             f"got {type(optimizer).__name__}."
         )
+    # Probe one step: a descent optimiser moves against a positive gradient. Optimisers
+    # that need more than (grads, state, params), e.g. a line search, are not probed.
+    params = jnp.zeros((2,), jnp.float32)
+    try:
+        updates, _ = optimizer.update(jnp.ones_like(params), optimizer.init(params), params)
+        step = np.asarray(updates, np.float64)
+    except Exception:  # noqa: BLE001 (any failure just means "cannot probe")
+        return
+    if step.shape == params.shape and np.any(step > 0):
+        raise ValueError(
+            f"{argument} moves parameters up the gradient (a step of {step[0]:+g} for a gradient "
+            "of +1): is its learning rate negative? Pass a positive learning rate, e.g. optax.sgd(0.01)."
+        )
 
 
 def _check_steps(steps: Any, argument: str) -> int:
+    if isinstance(steps, bool):
+        raise TypeError(f"{argument} must be a Python int, got {steps!r}.")
     try:
         steps = operator.index(steps)
     except TypeError:
@@ -62,6 +81,41 @@ def _check_steps(steps: Any, argument: str) -> int:
     if steps < 0:
         raise ValueError(f"{argument} must be >= 0, got {steps}.")
     return steps
+
+
+def _check_bool(value: Any, argument: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{argument} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def _check_positive(value: Any, argument: str, meaning: str) -> float:
+    """A finite float > 0, or a one-line error naming `argument`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{argument} must be a number ({meaning}), got {value!r}.") from None
+    if isinstance(value, bool) or not (np.isfinite(number) and number > 0):
+        raise ValueError(f"{argument} must be > 0 and finite ({meaning}), got {value!r}.")
+    return number
+
+
+def reduce_task_metrics(metrics: Metrics, axes: Any = 0) -> Metrics:
+    """Per-task metrics to meta-batch metrics: `nonfinite_*` counts are summed over `axes`,
+    everything else is averaged."""
+    return {
+        key: jnp.sum(value, axis=axes) if key.startswith("nonfinite_") else jnp.mean(value, axis=axes)
+        for key, value in metrics.items()
+    }
+
+
+def count_nonfinite(tree: Any) -> jax.Array:
+    """1 if any leaf of `tree` holds a NaN or inf, else 0 (int32)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.int32)
+    bad = jnp.stack([jnp.any(~jnp.isfinite(leaf)) for leaf in leaves])
+    return jnp.any(bad).astype(jnp.int32)
 
 
 class MetaLearner(abc.ABC):
@@ -81,10 +135,73 @@ class MetaLearner(abc.ABC):
         step (`loss_inner_final`, `gradnorm_inner_final`), at the price of one more
         forward/backward pass per task. The initial inner loss is always reported: the
         loop computes it anyway.
+      truncation: meta-gradients flow through the last `truncation` inner steps only
+        (truncated backpropagation; 1 <= truncation <= steps_inner). None: every step.
+      remat: recompute each inner step's activations in the backward pass instead of
+        storing them (`jax.checkpoint`): memory O(1) in the steps for ~1 extra forward.
+        `truncation` and `remat` act on the backward pass through the inner loop, so only
+        learners with `gradient_through_inner_loop` (MAML, LearnedKernel) accept them;
+        the others refuse them rather than ignore them.
+
+    Learners keep metax's positional signatures (which add their own arguments among
+    these, e.g. `steps_cg`); everything metax did not have is keyword-only, after them,
+    and `extra_metrics`, `truncation`, `remat` are keyword-only in every learner.
+
+    Metrics of `update` and `eval`, averaged over the meta-batch's tasks unless noted:
+      `loss_outer` (query loss after adaptation, plus any other metric of the outer
+      energy with the suffix `_outer`), `loss_inner_init` (support loss before the first
+      step), `gradnorm_outer` (norm of the averaged meta-gradient, `update` only), and
+      two counts, summed over the meta-batch, that a training loop watches to stop a
+      run going bad (NaN in the data, a negative or too large learning rate, a divergent
+      linear solve):
+
+      - `nonfinite_inner`: inner losses (over tasks and inner steps; for evolution
+        strategies over every population member too) that were NaN or infinite;
+      - `nonfinite_outer`: tasks whose query loss or meta-gradient holds a NaN or inf
+        (for evolution strategies: members x tasks with a non-finite query loss).
+
+      Both are 0 in a healthy run. They never raise: they are computed inside the
+      compiled step, at no extra cost.
+
+    The input contract (`metax.learner.contract`): `reset`, `update`, `eval` and `adapt`
+    check what enters them once (at trace time under `jit`): argument kinds and order,
+    a non-empty support and query set, floating inputs of equal width in both, targets
+    that fit the model's output (each energy's `check_target`: a `(N,)` target against an
+    `(N, 1)` output fails instead of broadcasting), and the dtype policy: the
+    meta-parameters' dtype is fixed at `reset` (float32 for half-precision inputs) and
+    inputs are cast to it.
+
+    Writing a learner:
+      Subclass `MetaLearner` and implement `grad(rng, hstate, hparams, metadataset) ->
+      (hgrads, hstate, metrics)`, one task's meta-gradient (a tree like `hparams`), its
+      new hstate and metrics. `update` vmaps it over the tasks, averages and applies
+      `optim_fn_outer`; `eval`, `reset` and the input checks come for free. Build `grad`
+      from the pieces here rather than writing another loop: `adapt_task` (start from
+      the module's params and run the shared inner loop), `outer_loss` (adapt, then
+      score the query set; differentiable in hparams), `query_energy`, `inner_loss`,
+      `support_energy` + `descend` (the one `lax.scan`; `return_trajectory=True` gives
+      the params after every step, `accumulate_hgrads=True` the summed partial hparam
+      gradients). Set the class attributes that describe the learner:
+
+      - `gradient_through_inner_loop = True` if `grad` backpropagates through `adapt`
+        (then `truncation` / `remat` apply);
+      - `end_point_gradient = True` if `grad` differentiates at the inner loop's end
+        point (implicit differentiation, equilibrium propagation): construction then
+        runs `check_implicit_compatible`, refusing a module none of whose hparams could
+        learn and warning about those that stay fixed;
+      - `can_learn_optimizer = True` if the meta-gradient reaches a learned optimiser.
+
+      Constructor: take `MetaLearner`'s arguments first, in order, then yours, then
+      `*, extra_metrics=False, truncation=None, remat=False` passed on to
+      `super().__init__`; validate your own arguments there (a one-line error naming the
+      argument). An implicit learner needs only its solver: subclass
+      `ImplicitDifferentiation` and set `linear_solve` (see the README's iMAML example).
     """
 
     first_order: bool = False  # stop gradients through inner-loop gradients
     can_learn_optimizer: bool = False  # does the meta-gradient pass through inner updates?
+    gradient_through_inner_loop: bool = False  # does `grad` backpropagate through `adapt`?
+    end_point_gradient: bool = False  # does `grad` differentiate at the inner loop's end point?
 
     def __init__(
         self,
@@ -95,13 +212,32 @@ class MetaLearner(abc.ABC):
         optim_fn_outer: optax.GradientTransformation,
         *,
         extra_metrics: bool = False,
+        truncation: Optional[int] = None,
+        remat: bool = False,
     ) -> None:
+        name = type(self).__name__
         if not isinstance(meta_model, MetaModule):
             raise TypeError(f"meta_model must be a metax.module.MetaModule, got {type(meta_model).__name__}.")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be None (full batch) or a positive int, got {batch_size!r}.")
         _check_optimizer(optim_fn_outer, "optim_fn_outer")
         self.steps_inner = _check_steps(steps_inner, "steps_inner")
+        self.extra_metrics = _check_bool(extra_metrics, "extra_metrics")
+        self.remat = _check_bool(remat, "remat")
+        if truncation is not None:
+            truncation = _check_steps(truncation, "truncation")
+            if not 1 <= truncation <= self.steps_inner:
+                raise ValueError(
+                    f"truncation={truncation} must lie in [1, steps_inner={self.steps_inner}]; use "
+                    "None to backpropagate through every inner step."
+                )
+        if (truncation is not None or self.remat) and not self.gradient_through_inner_loop:
+            given = f"truncation={truncation}" if truncation is not None else "remat=True"
+            raise ValueError(
+                f"{name} takes no gradient through the inner loop, so {given} would change "
+                "nothing; drop it (ModelAgnosticMetaLearning and LearnedKernel use it)."
+            )
+        self.truncation = truncation
         self.learned_optimizer = None
         if is_learned_optimizer(optim_fn_inner):
             self._check_learnable(optim_fn_inner)
@@ -113,7 +249,9 @@ class MetaLearner(abc.ABC):
         self.batch_size = batch_size
         self.optim_fn_inner = optim_fn_inner
         self.optim_fn_outer = optim_fn_outer
-        self.extra_metrics = extra_metrics
+        # Learners that differentiate at the end point check the module now if its hparams
+        # fields are known, else at reset.
+        self._end_point_checked = check_implicit_compatible(self) if self.end_point_gradient else True
 
     # -- the model's energies, written once ---------------------------------------------
 
@@ -137,6 +275,56 @@ class MetaLearner(abc.ABC):
     def inner_loss(self, rng, state, hstate, params, hparams, batch):
         """The module's inner energy on a support batch (training mode)."""
         return self.energy(self.meta_model.loss_fn_inner, rng, state, hstate, params, hparams, batch, True)
+
+    # -- the input contract -----------------------------------------------------------------
+
+    def check_metabatch(self, method: str, rng: Any, meta_state: Any, metabatch: Any) -> MetaDataset:
+        """Checks `update` / `eval` input (see `metax.learner.contract`) and returns the
+        meta-batch cast to the meta-parameters' dtype. Shapes only: free under `jit`."""
+        contract.check_learner_arguments(method, rng, meta_state, metabatch, MetaLearnerState)
+        contract.check_metabatch_contract(metabatch)
+        dtype = contract.float_dtype(meta_state.hparams)
+        metabatch = MetaDataset(
+            contract.cast_dataset(metabatch.train, dtype), contract.cast_dataset(metabatch.test, dtype)
+        )
+        self.check_model_fits(meta_state.hstate, meta_state.hparams, metabatch)
+        return metabatch
+
+    def check_model_fits(self, hstate: HState, hparams: HParams, metabatch: MetaDataset) -> None:
+        """Runs the module abstractly on one task and asks each energy whether the targets
+        fit its output (`EnergyFunction.check_target`)."""
+        task = jax.tree_util.tree_map(lambda leaf: leaf[0], metabatch)
+        for split, loss_fn in (("train", self.meta_model.loss_fn_inner), ("test", self.meta_model.loss_fn_outer)):
+            data = getattr(task, split)
+            pred = self._output_shape(hstate, hparams, data.x, f"metabatch.{split}.x")
+            contract.check_targets(loss_fn, pred, data.y, f"metabatch.{split}.y")
+
+    def _output_shape(self, hstate, hparams, x, argument) -> jax.ShapeDtypeStruct:
+        def forward(hstate, hparams, x):
+            rng = jax.random.PRNGKey(0)
+            params, state = self.meta_model.reset_params(rng, hparams, hstate, x)
+            return self.meta_model(rng, state, hstate, params, hparams, x, True)[0]
+
+        try:
+            pred = jax.eval_shape(forward, hstate, hparams, x)
+        except (TypeError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(
+                f"the model cannot be applied to {argument} (one task's inputs of shape "
+                f"{tuple(jnp.shape(x))}): {first}. Were the meta-parameters built by reset from "
+                "inputs of this shape, one task's (samples, *input_shape)?"
+            ) from error
+        leaves = jax.tree_util.tree_leaves(pred)
+        return leaves[0] if len(leaves) == 1 else pred
+
+    def reset_hparams(self, rng: jax.Array, sample_input: Any) -> tuple[HParams, HState]:
+        """The module's initial hparams from a checked `sample_input` (dtype policy applied);
+        runs the end-point check that construction could not."""
+        sample_input = contract.check_sample_input(sample_input)
+        hparams, hstate = self.meta_model.reset_hparams(rng, sample_input)
+        if not self._end_point_checked:
+            check_implicit_compatible(self, hparams)
+        return hparams, hstate
 
     # -- the one inner loop -----------------------------------------------------------------
 
@@ -190,6 +378,7 @@ class MetaLearner(abc.ABC):
         remat: bool = False,
         opt_state: Optional[optax.OptState] = None,
         return_opt_state: bool = False,
+        return_trajectory: bool = False,
     ) -> tuple:
         """The inner loop: `steps` optimiser steps on `energy`, as one `lax.scan`.
 
@@ -207,11 +396,16 @@ class MetaLearner(abc.ABC):
             forward pass.
           opt_state: the optimiser state to continue from (default `optimizer.init(params)`),
             so a trajectory can be run in segments.
-          return_opt_state: also return the final optimiser state, as a fifth element.
+          return_opt_state: also return the final optimiser state.
+          return_trajectory: also return the params after every step, stacked along a
+            leading axis of length `steps` (`trajectory[k]` follows step k + 1; the last
+            entry is the returned params).
 
         Returns:
           `(state, params, losses, hgrads_sum)`: final state and params, the loss before
-          each step (shape `(steps,)`), and the summed hparam gradients (or None).
+          each step (shape `(steps,)`), and the summed hparam gradients (or None); then
+          the final optimiser state if `return_opt_state`, then the trajectory if
+          `return_trajectory`.
         """
         argnums = (2, 3) if accumulate_hgrads else 2
         grad_fn = jax.value_and_grad(energy, argnums=argnums, has_aux=True)
@@ -236,18 +430,23 @@ class MetaLearner(abc.ABC):
             if self.first_order:
                 grads = jax.lax.stop_gradient(grads)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (state, optax.apply_updates(params, updates), opt_state, hgrads_sum), loss
+            params = optax.apply_updates(params, updates)
+            return (state, params, opt_state, hgrads_sum), ((loss, params) if return_trajectory else loss)
 
         hgrads_sum = jax.tree_util.tree_map(jnp.zeros_like, hparams) if accumulate_hgrads else None
         opt_state = optimizer.init(params) if opt_state is None else opt_state
         body = jax.checkpoint(step) if remat else step
         inputs = (jnp.arange(steps), jax.random.split(rng, steps))
-        (state, params, opt_state, hgrads_sum), losses = jax.lax.scan(
+        (state, params, opt_state, hgrads_sum), outputs = jax.lax.scan(
             body, (state, params, opt_state, hgrads_sum), inputs
         )
+        losses, trajectory = outputs if return_trajectory else (outputs, None)
+        result = (state, params, losses, hgrads_sum)
         if return_opt_state:
-            return state, params, losses, hgrads_sum, opt_state
-        return state, params, losses, hgrads_sum
+            result += (opt_state,)
+        if return_trajectory:
+            result += (trajectory,)
+        return result
 
     def adapt(
         self,
@@ -261,21 +460,29 @@ class MetaLearner(abc.ABC):
     ) -> tuple[tuple[State, Params], Metrics]:
         """Runs `steps` inner-optimiser steps on `dataset` (one task's support set).
 
+        The learner's `truncation` and `remat` apply here (a loop shorter than
+        `truncation` runs untruncated: truncation only cuts gradients).
+
         Returns:
           `((state, params), metrics)` with `loss_inner_init` (the loss before the first
-          step) and, with `extra_metrics`, `loss_inner_final` / `gradnorm_inner_final`.
+          step), `nonfinite_inner` and, with `extra_metrics`, `loss_inner_final` /
+          `gradnorm_inner_final`.
         """
         steps = _check_steps(steps, "steps")
+        contract.check_dataset(dataset, "dataset")
+        dataset = contract.cast_dataset(dataset, contract.float_dtype(hparams))
         num_steps = getattr(self.learned_optimizer, "num_steps", None)
         if num_steps is not None and steps > num_steps:
             raise ValueError(
                 f"{type(self.learned_optimizer).__name__} has a schedule of {num_steps} steps but "
                 f"the inner loop was asked for {steps}; evaluate with steps <= {num_steps}."
             )
+        truncation = self.truncation if self.truncation is not None and self.truncation <= steps else None
         rng_steps, rng_final = jax.random.split(rng)
         energy = self.support_energy(hstate, dataset)
         state, params, losses, _ = self.descend(
-            rng_steps, state, params, hparams, energy, self.inner_optimizer(hparams), steps
+            rng_steps, state, params, hparams, energy, self.inner_optimizer(hparams), steps,
+            truncation=truncation, remat=self.remat,
         )
         state = self.settle_state(jax.random.fold_in(rng_final, 1), state, hstate, params, hparams, dataset)
         return (state, params), self.inner_metrics(rng_final, state, hstate, params, hparams, dataset, losses)
@@ -296,8 +503,10 @@ class MetaLearner(abc.ABC):
         return state
 
     def inner_metrics(self, rng, state, hstate, params, hparams, dataset, losses) -> Metrics:
-        """`loss_inner_init` from the loop's own losses; the final ones only on request."""
+        """`loss_inner_init` and `nonfinite_inner` from the loop's own losses; the final
+        ones only on request."""
         metrics = {"loss_inner_init": losses[0]} if losses.shape[0] > 0 else {}
+        metrics["nonfinite_inner"] = jnp.sum(~jnp.isfinite(losses)).astype(jnp.int32)
         if self.extra_metrics:
             grad_fn = jax.value_and_grad(self.inner_loss, argnums=3, has_aux=True)
             (loss, _), grads = grad_fn(rng, state, hstate, params, hparams, dataset)
@@ -344,8 +553,13 @@ class MetaLearner(abc.ABC):
     # -- the outer loop -------------------------------------------------------------------
 
     def reset(self, rng: jax.Array, sample_input: jax.Array) -> MetaLearnerState:
-        """Initial meta-state from one task's support inputs `(samples, *input_shape)`."""
-        hparams, hstate = self.meta_model.reset_hparams(rng, sample_input)
+        """Initial meta-state from one task's support inputs `(samples, *input_shape)`.
+
+        The meta-parameters take `sample_input`'s float dtype (float32 for half-precision
+        inputs, with a warning; integer inputs are refused) and keep it: later inputs are
+        cast to it.
+        """
+        hparams, hstate = self.reset_hparams(rng, sample_input)
         return MetaLearnerState(hparams=hparams, hstate=hstate, optim=self.optim_fn_outer.init(hparams))
 
     @abc.abstractmethod
@@ -358,10 +572,14 @@ class MetaLearner(abc.ABC):
         self, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset
     ) -> tuple[MetaLearnerState, Metrics]:
         """One outer step on a meta-batch (leaves `(tasks, samples, ...)`); jit-able."""
-        check_metabatch(metabatch)
+        metabatch = self.check_metabatch("update", rng, meta_state, metabatch)
         rngs = jax.random.split(rng, metabatch.train.x.shape[0])
         batch_grad = jax.vmap(self.grad, in_axes=(0, None, None, 0))
         hgrads, hstate, metrics = batch_grad(rngs, meta_state.hstate, meta_state.hparams, metabatch)
+        bad_task = jax.vmap(count_nonfinite)(hgrads)
+        if "loss_outer" in metrics:
+            bad_task = bad_task | (~jnp.isfinite(metrics["loss_outer"])).astype(jnp.int32)
+        metrics = {**metrics, "nonfinite_outer": bad_task}
         hgrads = jax.tree_util.tree_map(functools.partial(jnp.mean, axis=0), hgrads)
         return self.apply_meta_gradient(meta_state, hgrads, tree_mean_keep_dtype(hstate), metrics)
 
@@ -371,10 +589,7 @@ class MetaLearner(abc.ABC):
         """Applies the outer optimiser to the averaged meta-gradient `hgrads`."""
         updates, optim = self.optim_fn_outer.update(hgrads, meta_state.optim, meta_state.hparams)
         hparams = optax.apply_updates(meta_state.hparams, updates)
-        metrics = {
-            **jax.tree_util.tree_map(functools.partial(jnp.mean, axis=0), task_metrics),
-            "gradnorm_outer": optax.tree.norm(hgrads),
-        }
+        metrics = {**reduce_task_metrics(task_metrics), "gradnorm_outer": optax.tree.norm(hgrads)}
         return MetaLearnerState(hparams=hparams, hstate=hstate, optim=optim), metrics
 
     def eval(
@@ -397,38 +612,79 @@ class MetaLearner(abc.ABC):
 
         Returns:
           `((state, params), metrics)`: per-task adapted state and params (leading task
-          axis) and metrics averaged over tasks (`loss_outer` is the mean query loss), or
-          per task with `per_task=True`.
+          axis) and metrics averaged over tasks (`loss_outer` is the mean query loss;
+          the `nonfinite_*` counts are summed), or per task with `per_task=True`.
         """
-        check_metabatch(metabatch)
         steps = _check_steps(steps, "steps")
+        metabatch = self.check_metabatch("eval", rng, meta_state, metabatch)
         rngs = jax.random.split(rng, metabatch.train.x.shape[0])
         outer = functools.partial(self.outer_loss, steps_adapt=steps)
-        _, (outcome, metrics) = jax.vmap(outer, in_axes=(0, None, None, 0))(
+        losses, (outcome, metrics) = jax.vmap(outer, in_axes=(0, None, None, 0))(
             rngs, meta_state.hstate, meta_state.hparams, metabatch
         )
+        metrics = {**metrics, "nonfinite_outer": (~jnp.isfinite(losses)).astype(jnp.int32)}
         if not per_task:
-            metrics = jax.tree_util.tree_map(functools.partial(jnp.mean, axis=0), metrics)
+            metrics = reduce_task_metrics(metrics)
         return (outcome.state, outcome.params), metrics
 
 
-def check_implicit_compatible(learner: MetaLearner) -> None:
-    """Refuses modules with hparams that act only through the inner loop's starting point.
+def _hparams_fields(hparams: Any) -> Optional[tuple[str, ...]]:
+    """The fields of an hparams NamedTuple or dict that hold at least one leaf."""
+    if isinstance(hparams, tuple) and hasattr(hparams, "_fields"):
+        items = hparams._asdict().items()
+    elif isinstance(hparams, dict):
+        items = hparams.items()
+    else:
+        return None
+    return tuple(key for key, value in items if jax.tree_util.tree_leaves(value))
 
-    Learners that differentiate at the inner loop's end point (implicit, equilibrium
-    propagation) see no dependence of that end point on an initialisation unless the
-    inner loss itself pulls toward it, so such hparams would silently never learn.
+
+def check_implicit_compatible(learner: MetaLearner, hparams: Any = None) -> bool:
+    """Which hparams can a learner that differentiates at the inner loop's end point learn?
+
+    Such learners (implicit differentiation, equilibrium propagation) see no dependence of
+    the end point on an hparam that only sets where the inner loop starts (an entry of
+    the module's `init_keys`), unless the inner loss itself pulls toward it
+    (`anchors_init`, e.g. iMAML's `reg_strength`): its meta-gradient is exactly zero.
+    `MetaLearner.__init__` calls this for learners with `end_point_gradient`, with the
+    fields the module declares (`hparams_fields`), and `reset` again with the real
+    hparams when the module declares none.
+
+    Returns:
+      True if the check could be made (fields known), False if it must wait for `reset`.
 
     Raises:
-      ValueError: naming the hparams and what to use instead.
+      ValueError: if no hparam could receive a meta-gradient, saying what to use instead.
+
+    Warns:
+      UserWarning: naming the hparams that stay at their initial values when others learn.
     """
     module = learner.meta_model
-    if module.init_keys and not module.anchors_init:
-        fields = ", ".join(repr(h) for h in module.init_keys.values())
+    if not module.init_keys or module.anchors_init:
+        return True
+    fields = module.hparams_fields if hparams is None else _hparams_fields(hparams)
+    if fields is None:
+        return False
+    init_only = set(module.init_keys.values())
+    fixed = [field for field in fields if field in init_only]
+    learnable = [field for field in fields if field not in init_only]
+    name, module_name = type(learner).__name__, type(module).__name__
+    if not learnable:
+        listed = ", ".join(repr(f) for f in fixed or sorted(init_only))
         raise ValueError(
-            f"{type(learner).__name__} differentiates at the inner loop's end point, where "
-            f"{type(module).__name__}'s hparams {fields} have no effect: they only set the "
-            "optimiser's starting point. Add a pull toward them in the inner loss (e.g. "
+            f"{name} differentiates at the inner loop's end point, where {module_name}'s hparams "
+            f"{listed} have no effect: they only set the optimiser's starting point, so nothing "
+            "would learn. Add a pull toward them in the inner loss (e.g. "
             "LearnedInit(..., reg_strength=1.0), iMAML) or use ModelAgnosticMetaLearning, "
             "Reptile or Evosax."
         )
+    if fixed:
+        warnings.warn(
+            f"{name} with {module_name}: hparams {', '.join(repr(f) for f in fixed)} only set the inner "
+            f"loop's starting point, so they get no meta-gradient and stay at their initial values; "
+            f"{', '.join(repr(f) for f in learnable)} are meta-learned. To learn them too, pass "
+            "reg_strength to the module (iMAML) or use ModelAgnosticMetaLearning.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return True

@@ -19,7 +19,7 @@ from typing import Optional
 import jax
 import optax
 
-from metax.learner.base import MetaLearner, check_implicit_compatible
+from metax.learner.base import MetaLearner, _check_optimizer, _check_positive, _check_steps
 from metax.module.base import MetaModule
 from metax.utils import append_keys, tree_scale, tree_sub
 
@@ -29,15 +29,18 @@ class EquilibriumPropagation(MetaLearner):
 
     Args:
       meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics:
-        see `MetaLearner`.
-      steps_nudged: inner steps of the nudged phase.
+        see `MetaLearner` (no gradient flows through the inner loop: no truncation/remat).
+      steps_nudged: inner steps of the nudged phase, >= 1.
       optim_fn_nudged: optax optimiser of the nudged phase.
       beta: nudging strength, > 0.
 
     Raises:
-      ValueError: at construction, for beta <= 0, or a module whose hparams act only
-        through the inner loop's starting point (their contrast would be zero).
+      ValueError: at construction, for beta <= 0, or a module none of whose hparams could
+        learn: all act only through the inner loop's starting point (their contrast would
+        be zero); a warning names such hparams when others learn.
     """
+
+    end_point_gradient = True
 
     def __init__(
         self,
@@ -51,16 +54,19 @@ class EquilibriumPropagation(MetaLearner):
         beta: float,
         *,
         extra_metrics: bool = False,
+        truncation: Optional[int] = None,
+        remat: bool = False,
     ) -> None:
+        self.beta = _check_positive(beta, "beta", "the nudging strength")
         super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics=extra_metrics
+            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
+            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
         )
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0 (the nudging strength), got {beta}.")
-        check_implicit_compatible(self)
-        self.steps_nudged = _positive_steps(steps_nudged)
+        self.steps_nudged = _check_steps(steps_nudged, "steps_nudged")
+        if self.steps_nudged < 1:
+            raise ValueError(f"steps_nudged must be a positive int (the nudged phase's steps), got {steps_nudged!r}.")
+        _check_optimizer(optim_fn_nudged, "optim_fn_nudged")
         self.optim_fn_nudged = optim_fn_nudged
-        self.beta = float(beta)
 
     def nudges(self) -> tuple[float, float]:
         """The two energies contrasted: F_beta against the free phase F_0."""
@@ -112,8 +118,3 @@ class SymmetricEquilibriumPropagation(EquilibriumPropagation):
     def nudges(self) -> tuple[float, float]:
         return self.beta, -self.beta
 
-
-def _positive_steps(steps: int) -> int:
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps_nudged must be a positive int, got {steps!r}.")
-    return steps

@@ -7,19 +7,24 @@ task keys for every member) and tells the strategy the fitness. No gradient of t
 loss is taken, so anything the outer loss depends on can be evolved, including
 hparams that act only through the inner optimiser.
 
+`EvolutionEngine` is the one evolution engine of metax: `Evosax` and the ES estimators
+of `LearnedKernel` both reset, ask, tell, average the population's hstate and write the
+fitness metrics through it.
+
 Lange. "evosax: JAX-based Evolution Strategies", 2022, https://arxiv.org/abs/2212.04180.
 """
 
 import inspect
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import evosax.algorithms
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from metax.data import MetaDataset, check_metabatch
-from metax.learner.base import MetaLearner, MetaLearnerState
+from metax.data import MetaDataset
+from metax.learner.base import MetaLearner, MetaLearnerState, reduce_task_metrics
 from metax.module.base import MetaModule
 from metax.utils import tree_mean_keep_dtype
 
@@ -61,7 +66,7 @@ LEGACY_NAMES = {
 
 
 class EvolutionState(NamedTuple):
-    """`MetaLearnerState.optim` of the evolution learner."""
+    """`MetaLearnerState.optim` of the evolution learners."""
 
     strategy_state: Any  # evosax state (mean, std, covariance, archive, ...)
     strategy_params: Any  # evosax params (fixed hyperparameters of the strategy)
@@ -83,25 +88,157 @@ def strategy_class(algorithm: str) -> type:
     return table[name]
 
 
+def _uses_elites(cls: type) -> bool:
+    """Does the strategy read `num_elites` (evosax 0.3's form of the elite ratio)?"""
+    return any(
+        "num_elites" in inspect.getsource(klass)
+        for klass in cls.__mro__
+        if klass.__module__.startswith("evosax") and klass.__name__ != "EvolutionaryAlgorithm"
+    )
+
+
+def _is_cma(cls: type) -> bool:
+    return issubclass(cls, evosax.algorithms.CMA_ES)
+
+
+class EvolutionEngine:
+    """One evosax strategy searching over hparams-shaped solutions.
+
+    Args:
+      strategy_cls: the evosax class.
+      kwargs: constructor arguments or fields of the strategy's params; the evosax 0.1
+        keys `popsize`, `sigma_init`, `opt_name`, `lrate_init` and `elite_ratio` are
+        translated (`elite_ratio` sets evosax 0.3's `elite_ratio` attribute and, for the
+        CMA family, puts the recombination weights on the best `elite_ratio` of the
+        population, as evosax 0.1's CMA-ES did).
+      fixed_params: params fields the caller sets itself (e.g. PES's `T` and `K`).
+      report: "mean" (the search distribution's mean), "best" (the best member seen so
+        far) or None: "mean" where the strategy has one, else "best".
+
+    Raises:
+      ValueError: for kwargs that are neither constructor arguments nor params fields,
+        an `elite_ratio` the strategy would ignore, or `report="mean"` for a
+        population-based strategy.
+    """
+
+    def __init__(
+        self, strategy_cls: type, kwargs: dict, *, fixed_params: Optional[dict] = None, report: Optional[str] = None
+    ) -> None:
+        self.strategy_cls = strategy_cls
+        self.constructor, self.param_overrides, self.init_std, self.elite_ratio = _translate_kwargs(strategy_cls, dict(kwargs))
+        self.param_overrides.update(fixed_params or {})
+        self.population_based = not hasattr(strategy_cls, "get_mean")
+        if report not in (None, "mean", "best"):
+            raise ValueError(f"report must be 'mean', 'best' or None, got {report!r}.")
+        if report == "mean" and self.population_based:
+            raise ValueError(
+                f"report='mean': {strategy_cls.__name__} is population-based and has no search mean; "
+                "use report='best' (or None, which picks it)."
+            )
+        self.report = report or ("best" if self.population_based else "mean")
+        self._strategies = {}
+
+    def strategy(self, template: Any):
+        """The strategy over solutions shaped like `template` (cached by shapes and dtypes)."""
+        leaves, treedef = jax.tree_util.tree_flatten(template)
+        key = (treedef, tuple((tuple(jnp.shape(leaf)), jnp.result_type(leaf)) for leaf in leaves))
+        if key not in self._strategies:
+            zeros = jax.tree_util.tree_unflatten(treedef, [jnp.zeros(shape, dtype) for shape, dtype in key[1]])
+            strategy = self.strategy_cls(solution=zeros, **self.constructor)
+            if self.elite_ratio is not None:
+                strategy.elite_ratio = self.elite_ratio
+            self._strategies[key] = strategy
+        return self._strategies[key]
+
+    def params(self, strategy: Any) -> Any:
+        """The strategy's params: its defaults with the user's and the caller's overrides."""
+        params = strategy.default_params
+        overrides = dict(self.param_overrides)
+        if self.elite_ratio is not None and _is_cma(self.strategy_cls):
+            n, mu = strategy.population_size, strategy.num_elites
+            ranks = jnp.arange(1, n + 1)
+            prime = jnp.maximum(jnp.log((n + 1) / 2) - jnp.log(ranks), 0.0) * (ranks <= mu)
+            overrides["weights"] = (prime / jnp.sum(prime)).astype(jnp.result_type(params.weights))
+        return params.replace(**overrides) if overrides else params
+
+    def init(self, rng: jax.Array, hparams: Any, rng_population: Optional[jax.Array] = None) -> EvolutionState:
+        """The strategy's state around `hparams` (a population-based strategy's first
+        population is drawn around them with `rng_population`, not yet scored)."""
+        strategy = self.strategy(hparams)
+        params = self.params(strategy)
+        if self.population_based:
+            rng_population = jax.random.fold_in(rng, 1) if rng_population is None else rng_population
+            flat = strategy._ravel_solution(hparams)
+            noise = jax.random.normal(rng_population, (strategy.population_size, flat.size), flat.dtype)
+            population = jax.vmap(strategy._unravel_solution)(flat + self.init_std * noise)
+            fitness = jnp.full((strategy.population_size,), jnp.inf, flat.dtype)
+            return EvolutionState(_strongly_typed(strategy.init(rng, population, fitness, params)), params)
+        return EvolutionState(_strongly_typed(strategy.init(rng, hparams, params)), params)
+
+    def generation(
+        self, rng_ask: jax.Array, rng_tell: jax.Array, optim: EvolutionState, template: Any, score: Callable
+    ) -> tuple[EvolutionState, jax.Array, Any]:
+        """Ask for a population, `score(population) -> (fitness, aux)` it (lower is
+        better), tell the strategy. Returns the new state, the fitness and `aux`."""
+        strategy = self.strategy(template)
+        population, state = strategy.ask(rng_ask, optim.strategy_state, optim.strategy_params)
+        fitness, aux = score(population)
+        state, _ = strategy.tell(rng_tell, population, fitness, state, optim.strategy_params)
+        return EvolutionState(_strongly_typed(state), optim.strategy_params), fitness, aux
+
+    def solution(self, optim: EvolutionState, template: Any) -> Any:
+        """The hparams the meta-state carries: the mean or the best member (`report`)."""
+        strategy = self.strategy(template)
+        if self.report == "mean":
+            return strategy.get_mean(optim.strategy_state)
+        return strategy._unravel_solution(optim.strategy_state.best_solution)
+
+
+def _strongly_typed(tree: Any) -> Any:
+    """evosax fills some state fields with Python scalars (weakly typed) at init or in
+    `tell`, and others not. Fixing every leaf's type keeps a jitted update from compiling
+    twice (once for the initial state, once for every later one)."""
+    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype=jnp.result_type(leaf)), tree)
+
+
+def population_hstate(hstates: Any) -> Any:
+    """The mean hstate over a `(members, tasks, ...)` population, dtypes kept."""
+    return tree_mean_keep_dtype(tree_mean_keep_dtype(hstates))
+
+
+def generation_metrics(fitness: jax.Array, metrics: dict, scale: float = 1.0) -> dict:
+    """A generation's metrics from `(members, tasks)` task metrics: means over both
+    (`nonfinite_*` summed), `nonfinite_outer` (members x tasks with a non-finite query
+    loss) and the fitness `fitness_best` / `fitness_std` (times `scale`)."""
+    out = reduce_task_metrics(metrics, axes=(0, 1))
+    if "loss_outer" in metrics:
+        out["nonfinite_outer"] = jnp.sum(~jnp.isfinite(metrics["loss_outer"])).astype(jnp.int32)
+    out["fitness_best"] = jnp.min(fitness) * scale
+    out["fitness_std"] = jnp.std(fitness) * scale
+    return out
+
+
 class Evosax(MetaLearner):
     """Meta-learning by an evosax evolution strategy.
 
     Args:
-      meta_model, batch_size, steps_inner, optim_fn_inner, extra_metrics: see `MetaLearner`.
-      input_shape: shape of one input (without the sample axis); the hparams template
-        the strategy searches over is built from it.
+      meta_model, batch_size, steps_inner, optim_fn_inner, extra_metrics: see `MetaLearner`
+        (no gradient is taken: no truncation/remat).
+      input_shape: shape of one input (without the sample axis); `reset` and `update`
+        check the data against it.
       algorithm: an evosax strategy name (`"Open_ES"`, `"CMA_ES"`, `"SNES"`, ...; the
         pre-0.3 names such as `"OpenES"` work too).
       evosax_kwargs: passed to the strategy's constructor (`population_size`, `optimizer`,
         `std_schedule`, ...) or, for fields of its params, to those; the pre-0.3 keys
-        `popsize`, `sigma_init`, `opt_name` and `lrate_init` are translated.
+        `popsize`, `sigma_init`, `opt_name`, `lrate_init` and `elite_ratio` are translated
+        (see `EvolutionEngine`).
       report: which hparams the meta-state carries: "mean" (the search distribution's
-        mean) or "best" (the best member seen so far). Population-based strategies have
-        no mean and always report "best".
+        mean), "best" (the best member seen so far), or None (default): "mean" where the
+        strategy has one, "best" for population-based strategies.
 
     Example:
       >>> learner = Evosax(meta_model, None, 5, optax.sgd(0.01), input_shape=(1,),
-      ...     algorithm="Open_ES", evosax_kwargs={"population_size": 16, "std_schedule": optax.constant_schedule(0.05)})
+      ...     algorithm="CMA_ES", evosax_kwargs=dict(popsize=8, elite_ratio=0.1))
     """
 
     can_learn_optimizer = True
@@ -116,87 +253,92 @@ class Evosax(MetaLearner):
         algorithm: str,
         evosax_kwargs: Optional[dict] = None,
         *,
-        report: str = "mean",
+        report: Optional[str] = None,
         extra_metrics: bool = False,
+        truncation: Optional[int] = None,
+        remat: bool = False,
     ) -> None:
         # The strategy is the outer optimiser: optim_fn_outer has nothing to do.
-        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optax.identity(), extra_metrics=extra_metrics)
-        if report not in ("mean", "best"):
-            raise ValueError(f"report must be 'mean' or 'best', got {report!r}.")
-        cls = strategy_class(algorithm)
-        self.input_shape = tuple(input_shape)
-        # Only the hparams' shapes matter here: trace abstractly (no compute, and no input
-        # checks on a placeholder input).
-        abstract, _ = jax.eval_shape(
-            self.meta_model.reset_hparams, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1,) + self.input_shape, jnp.float32)
+        super().__init__(
+            meta_model, batch_size, steps_inner, optim_fn_inner, optax.set_to_zero(),
+            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
         )
-        template = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), abstract)
-        kwargs, param_overrides, self.init_std = _translate_kwargs(cls, dict(evosax_kwargs or {}))
-        self.strategy = cls(solution=template, **kwargs)
-        self.population_based = not hasattr(self.strategy, "get_mean")
-        self.report = "best" if self.population_based else report
-        self._param_overrides = param_overrides
+        if isinstance(input_shape, int) or not all(isinstance(d, (int, np.integer)) and d > 0 for d in input_shape):
+            raise ValueError(
+                f"input_shape must be a tuple of positive ints, one input's shape without the sample "
+                f"axis (e.g. (1,) for sinusoids), got {input_shape!r}."
+            )
+        self.input_shape = tuple(int(d) for d in input_shape)
+        if evosax_kwargs is not None and not isinstance(evosax_kwargs, dict):
+            raise TypeError(f"evosax_kwargs must be a dict, got {type(evosax_kwargs).__name__}.")
+        self.engine = EvolutionEngine(strategy_class(algorithm), evosax_kwargs or {}, report=report)
+        self.report = self.engine.report
+        # The strategy over hparams as reset builds them from inputs of input_shape (traced
+        # abstractly: no compute). update uses the one matching the actual hparams' dtype.
+        sample = jax.ShapeDtypeStruct((1,) + self.input_shape, jnp.result_type(float))
+        self.strategy = self.engine.strategy(jax.eval_shape(self.meta_model.reset_hparams, jax.random.PRNGKey(0), sample)[0])
+        self.population_based = self.engine.population_based
 
-    def _strategy_params(self):
-        params = self.strategy.default_params
-        return params.replace(**self._param_overrides) if self._param_overrides else params
+    def _check_input_shape(self, shape: tuple, argument: str) -> None:
+        if tuple(shape) != self.input_shape:
+            raise ValueError(
+                f"Evosax was built for input_shape={self.input_shape} but {argument} has inputs of "
+                f"shape {tuple(shape)}; pass input_shape={tuple(shape)}."
+            )
 
     def reset(self, rng: jax.Array, sample_input: jax.Array) -> MetaLearnerState:
+        if hasattr(sample_input, "shape"):
+            self._check_input_shape(np.shape(sample_input)[1:], "sample_input")
         rng_hparams, rng_strategy, rng_population = jax.random.split(rng, 3)
-        hparams, hstate = self.meta_model.reset_hparams(rng_hparams, sample_input)
-        params = self._strategy_params()
-        if self.population_based:
-            # Start the population around the module's initial hparams, not yet scored.
-            flat = self.strategy._ravel_solution(hparams)
-            noise = jax.random.normal(rng_population, (self.strategy.population_size, flat.size), flat.dtype)
-            population = jax.vmap(self.strategy._unravel_solution)(flat + self.init_std * noise)
-            fitness = jnp.full((self.strategy.population_size,), jnp.inf)
-            state = self.strategy.init(rng_strategy, population, fitness, params)
-        else:
-            state = self.strategy.init(rng_strategy, hparams, params)
-        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=EvolutionState(state, params))
+        hparams, hstate = self.reset_hparams(rng_hparams, sample_input)
+        optim = self.engine.init(rng_strategy, hparams, rng_population)
+        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=optim)
 
     def grad(self, rng, hstate, hparams, metadataset):
         raise NotImplementedError("Evosax estimates no gradient; it updates hparams in update().")
 
     def update(self, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset):
-        check_metabatch(metabatch)
+        metabatch = self.check_metabatch("update", rng, meta_state, metabatch)
+        self._check_input_shape(np.shape(metabatch.train.x)[2:], "metabatch.train.x")
         rng_ask, rng_tell, rng_tasks = jax.random.split(rng, 3)
-        state, params = meta_state.optim
-        population, state = self.strategy.ask(rng_ask, state, params)
         task_rngs = jax.random.split(rng_tasks, metabatch.train.x.shape[0])
 
         def member(hparams):
             over_tasks = jax.vmap(self.outer_loss, in_axes=(0, None, None, 0, None))
             losses, (outcome, metrics) = over_tasks(task_rngs, meta_state.hstate, hparams, metabatch, self.steps_inner)
-            return jnp.mean(losses), outcome.hstate, metrics
+            return jnp.mean(losses), (outcome.hstate, metrics)
 
-        fitness, hstates, metrics = jax.vmap(member)(population)
-        state, _ = self.strategy.tell(rng_tell, population, fitness, state, params)
-        if self.report == "mean":
-            hparams = self.strategy.get_mean(state)
-        else:
-            hparams = self.strategy._unravel_solution(state.best_solution)
-        hstate = tree_mean_keep_dtype(tree_mean_keep_dtype(hstates))
-        metrics = jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=(0, 1)), metrics)
-        metrics = {
-            **metrics,  # loss_outer: averaged over the population and the tasks
-            "fitness_best": jnp.min(fitness),
-            "fitness_std": jnp.std(fitness),
-        }
-        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=EvolutionState(state, params)), metrics
+        optim, fitness, (hstates, metrics) = self.engine.generation(
+            rng_ask, rng_tell, meta_state.optim, meta_state.hparams, jax.vmap(member)
+        )
+        hparams = self.engine.solution(optim, meta_state.hparams)
+        # loss_outer: averaged over the population and the tasks.
+        metrics = generation_metrics(fitness, metrics)
+        return MetaLearnerState(hparams=hparams, hstate=population_hstate(hstates), optim=optim), metrics
 
 
-def _translate_kwargs(cls: type, kwargs: dict) -> tuple[dict, dict, float]:
+def _translate_kwargs(cls: type, kwargs: dict) -> tuple[dict, dict, float, Optional[float]]:
     """Splits user kwargs into constructor kwargs and params overrides (legacy keys mapped).
 
     Returns:
-      `(constructor_kwargs, params_overrides, init_std)`.
+      `(constructor_kwargs, params_overrides, init_std, elite_ratio)`.
     """
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "solution"}
     if "popsize" in kwargs:
         kwargs["population_size"] = kwargs.pop("popsize")
     init_std = float(kwargs.pop("sigma_init", 0.1))
+    if not (np.isfinite(init_std) and init_std > 0):
+        raise ValueError(f"evosax_kwargs['sigma_init'] must be > 0 (the initial search std), got {init_std!r}.")
+    elite_ratio = kwargs.pop("elite_ratio", None)
+    if elite_ratio is not None:
+        if isinstance(elite_ratio, bool) or not isinstance(elite_ratio, (int, float)) or not 0 < elite_ratio <= 1:
+            raise ValueError(f"evosax_kwargs['elite_ratio'] must lie in (0, 1], got {elite_ratio!r}.")
+        if not _uses_elites(cls):
+            raise ValueError(
+                f"evosax_kwargs['elite_ratio'] has no effect on {cls.__name__}, which does not select "
+                "elites; drop it (CMA_ES, Sep_CMA_ES, SimpleES, SimpleGA, ARS, ... use it)."
+            )
+        elite_ratio = float(elite_ratio)
     if "std_schedule" in accepted and "std_schedule" not in kwargs:
         kwargs["std_schedule"] = optax.constant_schedule(init_std)
     if "lrate_init" in kwargs or "opt_name" in kwargs:
@@ -204,6 +346,9 @@ def _translate_kwargs(cls: type, kwargs: dict) -> tuple[dict, dict, float]:
         kwargs["optimizer"] = optimizer(kwargs.pop("lrate_init", 0.01))
     if "population_size" not in kwargs:
         raise ValueError("evosax_kwargs needs population_size (or the legacy popsize).")
+    size = kwargs["population_size"]
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
+        raise ValueError(f"evosax_kwargs['population_size'] must be an int >= 2, got {size!r}.")
 
     constructor = {k: v for k, v in kwargs.items() if k in accepted}
     rest = {k: v for k, v in kwargs.items() if k not in accepted}
@@ -217,4 +362,4 @@ def _translate_kwargs(cls: type, kwargs: dict) -> tuple[dict, dict, float]:
             f"evosax_kwargs {sorted(unknown)} are neither arguments of {cls.__name__} "
             f"({', '.join(sorted(accepted))}) nor fields of its params ({', '.join(sorted(param_fields))})."
         )
-    return constructor, rest, init_std
+    return constructor, rest, init_std, elite_ratio

@@ -22,31 +22,54 @@ from typing import Any, Optional
 import jax
 import optax
 
-from metax.learner.base import MetaLearner, check_implicit_compatible
-from metax.learner.linear_solve import LinearSolve, get_linear_solver, solve_identity, solve_neumann
+from metax.learner.base import MetaLearner, _check_positive, _check_steps
+from metax.learner.linear_solve import LinearSolve, get_linear_solver, neumann_series, solve_identity
 from metax.module.base import MetaModule
 from metax.utils import append_keys, tree_add, tree_scale, tree_sub
 
 
 class ImplicitDifferentiation(MetaLearner):
-    """Base of the implicit learners; a subclass supplies only `linear_solve`.
+    """Base of the implicit learners; a subclass supplies only `linear_solve` (or `solve`).
+
+    Args:
+      meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics:
+        see `MetaLearner`. Implicit learners take no gradient through the inner loop, so
+        they refuse `truncation` and `remat`.
 
     Raises:
-      ValueError: at construction, for a module with hparams that act only through the
-        inner loop's starting point (their implicit gradient is zero).
+      ValueError: at construction (or at reset, for a module that does not declare its
+        `hparams_fields`), if no hparam could receive a meta-gradient: every hparam only
+        sets the inner loop's starting point (`check_implicit_compatible`, which also warns
+        about such hparams when others learn). Every subclass gets this check.
     """
 
+    end_point_gradient = True
     linear_solve: LinearSolve = staticmethod(solve_identity)
 
-    def __init__(self, meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, *, extra_metrics=False):
+    def __init__(
+        self,
+        meta_model: MetaModule,
+        batch_size: Optional[int],
+        steps_inner: int,
+        optim_fn_inner: optax.GradientTransformation,
+        optim_fn_outer: optax.GradientTransformation,
+        *,
+        extra_metrics: bool = False,
+        truncation: Optional[int] = None,
+        remat: bool = False,
+    ) -> None:
         super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics=extra_metrics
+            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
+            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
         )
-        check_implicit_compatible(self)
 
     def hessian_matvec(self, matvec):
         """The operator handed to the solver; a hook for damping and regularisation."""
         return matvec
+
+    def solve(self, matvec, b) -> tuple[Any, dict]:
+        """x ~ H^{-1} b and metrics about the solve; by default `linear_solve` and none."""
+        return self.linear_solve(matvec, b), {}
 
     def grad(self, rng, hstate, hparams, metadataset):
         rng_adapt, rng_outer, rng_inner = jax.random.split(rng, 3)
@@ -61,10 +84,10 @@ class ImplicitDifferentiation(MetaLearner):
         # d_p L_in on the whole support set, as a function of (params, hparams).
         inner_grad = jax.grad(lambda p, h: self.inner_loss(rng_inner, state, hstate, p, h, train)[0])
         _, hvp = jax.linearize(lambda p: inner_grad(p, hparams), params)
-        inverse_hvp = self.linear_solve(self.hessian_matvec(hvp), grad_params)
+        inverse_hvp, metrics_solve = self.solve(self.hessian_matvec(hvp), grad_params)
         _, mixed_vjp = jax.vjp(lambda h: inner_grad(params, h), hparams)
         hgrads = tree_sub(grad_direct, mixed_vjp(inverse_hvp)[0])
-        return hgrads, new_hstate, {**append_keys(metrics_outer, "outer"), **metrics_inner}
+        return hgrads, new_hstate, {**append_keys(metrics_outer, "outer"), **metrics_inner, **metrics_solve}
 
 
 class ConjugateGradient(ImplicitDifferentiation):
@@ -76,9 +99,10 @@ class ConjugateGradient(ImplicitDifferentiation):
     Args:
       meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics:
         see `MetaLearner`.
-      steps_cg: solver iterations.
-      cg_damping: divides the Hessian (metax's convention).
-      cg_reg: Tikhonov term added to the scaled Hessian.
+      steps_cg: solver iterations (a positive int) for a named `linsolver`; None when
+        `linsolver` is a function, which sets its own.
+      cg_damping: divides the Hessian (metax's convention), > 0.
+      cg_reg: Tikhonov term added to the scaled Hessian, >= 0.
       linsolver: "cg", "gmres", "bicgstab", or a function `solve(matvec, b) -> x`.
     """
 
@@ -87,7 +111,7 @@ class ConjugateGradient(ImplicitDifferentiation):
         meta_model: MetaModule,
         batch_size: Optional[int],
         steps_inner: int,
-        steps_cg: int,
+        steps_cg: Optional[int],
         optim_fn_inner: optax.GradientTransformation,
         optim_fn_outer: optax.GradientTransformation,
         cg_damping: float = 1.0,
@@ -95,15 +119,24 @@ class ConjugateGradient(ImplicitDifferentiation):
         linsolver: Any = "cg",
         *,
         extra_metrics: bool = False,
+        truncation: Optional[int] = None,
+        remat: bool = False,
     ) -> None:
-        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics=extra_metrics)
-        if not cg_damping > 0:
-            raise ValueError(f"cg_damping must be > 0, got {cg_damping}.")
-        if cg_reg < 0:
-            raise ValueError(f"cg_reg must be >= 0, got {cg_reg}.")
+        super().__init__(
+            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
+            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
+        )
+        self.cg_damping = _check_positive(cg_damping, "cg_damping", "the Hessian is divided by it")
+        if isinstance(cg_reg, bool) or not isinstance(cg_reg, (int, float)) or not 0 <= cg_reg < float("inf"):
+            raise ValueError(f"cg_reg must be a finite number >= 0 (a Tikhonov term), got {cg_reg!r}.")
+        self.cg_reg = float(cg_reg)
+        if steps_cg is not None:
+            steps_cg = _check_steps(steps_cg, "steps_cg")
+            if steps_cg < 1:
+                raise ValueError(f"steps_cg must be >= 1 (solver iterations), got {steps_cg}.")
+        elif not callable(linsolver):
+            raise ValueError(f"steps_cg=None needs a linsolver function; with linsolver={linsolver!r} pass steps_cg, e.g. 10.")
         self.steps_cg = steps_cg
-        self.cg_damping = cg_damping
-        self.cg_reg = cg_reg
         self.linear_solve = get_linear_solver(linsolver, steps_cg)
 
     def hessian_matvec(self, matvec):
@@ -111,7 +144,18 @@ class ConjugateGradient(ImplicitDifferentiation):
 
 
 class RecurrentBackpropagation(ImplicitDifferentiation):
-    """Implicit gradients with H^{-1} from `steps_rbp` terms of a Neumann series of step `alpha`."""
+    """Implicit gradients with H^{-1} from `steps_rbp` terms of a Neumann series of step `alpha`.
+
+    The series converges only for alpha < 2 / (largest eigenvalue of H); the metric
+    `neumann_ratio` (the last term's norm over the first's, per task, averaged) says
+    whether it did: near 0 when converged, >= 1 when alpha is too large.
+
+    Args:
+      meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics:
+        see `MetaLearner`.
+      steps_rbp: Neumann terms, an int >= 0.
+      alpha: the Neumann step, > 0.
+    """
 
     def __init__(
         self,
@@ -124,13 +168,21 @@ class RecurrentBackpropagation(ImplicitDifferentiation):
         alpha: float,
         *,
         extra_metrics: bool = False,
+        truncation: Optional[int] = None,
+        remat: bool = False,
     ) -> None:
-        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics=extra_metrics)
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0 (the Neumann step), got {alpha}.")
-        self.steps_rbp = steps_rbp
-        self.alpha = alpha
-        self.linear_solve = solve_neumann(steps_rbp, alpha)
+        super().__init__(
+            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
+            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
+        )
+        self.steps_rbp = _check_steps(steps_rbp, "steps_rbp")
+        self.alpha = _check_positive(alpha, "alpha", "the Neumann step")
+        self._series = neumann_series(self.steps_rbp, self.alpha)
+        self.linear_solve = lambda matvec, b: self._series(matvec, b)[0]
+
+    def solve(self, matvec, b):
+        x, ratio = self._series(matvec, b)
+        return x, {"neumann_ratio": ratio}
 
 
 class T1T2(ImplicitDifferentiation):

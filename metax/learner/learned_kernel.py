@@ -39,13 +39,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metax.data import MetaDataset, check_metabatch
+from metax.data import MetaDataset
 from metax.kernel.base import is_learned_optimizer
 from metax.learner.base import MetaLearnerState, _check_steps
-from metax.learner.evolution import EvolutionState, _translate_kwargs
+from metax.learner.evolution import EvolutionEngine, generation_metrics, population_hstate
 from metax.learner.maml import ModelAgnosticMetaLearning
 from metax.module.base import MetaModule
-from metax.utils import append_keys, tree_mean_keep_dtype
+from metax.utils import append_keys
 
 ESTIMATORS = ("backprop", "pes", "noise_reuse")
 _STRATEGIES = {"pes": evosax.algorithms.PersistentES, "noise_reuse": evosax.algorithms.NoiseReuseES}
@@ -71,8 +71,8 @@ class LearnedKernel(ModelAgnosticMetaLearning):
         to the ES gradient estimate.
       estimator: "backprop", "pes" or "noise_reuse" (see the module docstring).
       truncation: backprop: gradients flow through the last `truncation` inner steps
-        only; ES: the length of a partial unroll (must divide `steps_inner`). None: the
-        whole loop.
+        only (the shared loop's option, see `MetaLearner`); ES: the length of a partial
+        unroll (must divide `steps_inner`). None: the whole loop.
       remat: backprop only: recompute each inner step in the backward pass.
       first_order: backprop only: treat inner gradients as constants.
       es_kwargs: ES only: `population_size` (even; default 16), `sigma_init` (the
@@ -108,34 +108,28 @@ class LearnedKernel(ModelAgnosticMetaLearning):
             )
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
-        super().__init__(meta_model, batch_size, steps_inner, kernel, optim_fn_outer, first_order, extra_metrics=extra_metrics)
-        if truncation is not None:
-            truncation = _check_steps(truncation, "truncation")
-            if truncation > self.steps_inner:
-                raise ValueError(
-                    f"truncation={truncation} is longer than the inner loop (steps_inner="
-                    f"{self.steps_inner}); use 1 <= truncation <= steps_inner, or None for the whole loop."
-                )
-            if truncation < 1:
-                raise ValueError(f"truncation must be >= 1 (or None for the whole loop), got {truncation}.")
         self.estimator = estimator
-        self.truncation = truncation
-        self.remat = bool(remat)
         if estimator == "backprop":
             if es_kwargs:
                 raise ValueError("es_kwargs apply to estimator='pes' or 'noise_reuse', not 'backprop'.")
+            super().__init__(
+                meta_model, batch_size, steps_inner, kernel, optim_fn_outer, first_order,
+                extra_metrics=extra_metrics, truncation=truncation, remat=remat,
+            )
             return
 
-        if self.remat or self.first_order:
+        if remat or first_order:
             raise ValueError(f"remat and first_order apply to estimator='backprop'; {estimator!r} takes no gradient.")
+        super().__init__(meta_model, batch_size, steps_inner, kernel, optim_fn_outer, extra_metrics=extra_metrics)
         if self.steps_inner < 1:
             raise ValueError(f"estimator={estimator!r} needs steps_inner >= 1, got {self.steps_inner}.")
-        self.unroll = self.steps_inner if truncation is None else truncation
-        if self.steps_inner % self.unroll:
+        unroll = self.steps_inner if truncation is None else _check_steps(truncation, "truncation")
+        if not 1 <= unroll <= self.steps_inner or self.steps_inner % unroll:
             raise ValueError(
                 f"estimator={estimator!r} cuts the inner loop into partial unrolls of truncation="
-                f"{self.unroll} steps, which must divide steps_inner={self.steps_inner}."
+                f"{unroll} steps, which must divide steps_inner={self.steps_inner}."
             )
+        self.unroll = unroll
         self.segments = self.steps_inner // self.unroll
         es_kwargs = {"population_size": 16, **(es_kwargs or {})}
         for key in ("optimizer", "lrate_init", "opt_name", "T", "K"):
@@ -147,53 +141,23 @@ class LearnedKernel(ModelAgnosticMetaLearning):
         size = es_kwargs.get("population_size", es_kwargs.get("popsize"))
         if not isinstance(size, int) or size < 2 or size % 2:
             raise ValueError(f"estimator={estimator!r} samples antithetic pairs: population_size must be an even int >= 2, got {size!r}.")
-        self._strategy_cls = _STRATEGIES[estimator]
         es_kwargs["optimizer"] = optim_fn_outer
-        self._es_kwargs, overrides, _ = _translate_kwargs(self._strategy_cls, es_kwargs)
-        self._es_overrides = {**overrides, "T": self.steps_inner, "K": self.unroll}
-        self._strategies = {}
-
-    # -- backprop: the shared loop with this learner's truncation and remat ---------------
-
-    def adapt(self, rng, state, hstate, params, hparams, dataset, steps):
-        """As `MetaLearner.adapt`, passing `truncation` and `remat` to the shared loop.
-        (Truncation only cuts gradients, so a loop shorter than it runs untruncated.)"""
-        steps = _check_steps(steps, "steps")
-        num_steps = getattr(self.learned_optimizer, "num_steps", None)
-        if num_steps is not None and steps > num_steps:
-            raise ValueError(
-                f"{type(self.learned_optimizer).__name__} has a schedule of {num_steps} steps but "
-                f"the inner loop was asked for {steps}; evaluate with steps <= {num_steps}."
-            )
-        truncation = self.truncation if self.estimator == "backprop" and (self.truncation or 0) <= steps else None
-        rng_steps, rng_final = jax.random.split(rng)
-        energy = self.support_energy(hstate, dataset)
-        state, params, losses, _ = self.descend(
-            rng_steps, state, params, hparams, energy, self.inner_optimizer(hparams), steps,
-            truncation=truncation, remat=self.remat,
+        self.engine = EvolutionEngine(
+            _STRATEGIES[estimator], es_kwargs, fixed_params={"T": self.steps_inner, "K": self.unroll}, report="mean"
         )
-        state = self.settle_state(jax.random.fold_in(rng_final, 1), state, hstate, params, hparams, dataset)
-        return (state, params), self.inner_metrics(rng_final, state, hstate, params, hparams, dataset, losses)
 
     # -- ES over partial unrolls ------------------------------------------------------------
 
     def strategy(self, hparams: Any):
         """The evosax strategy searching over hparams shaped like `hparams` (cached)."""
-        leaves, treedef = jax.tree_util.tree_flatten(hparams)
-        key = (treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves))
-        if key not in self._strategies:
-            template = jax.tree_util.tree_unflatten(treedef, [jnp.zeros(jnp.shape(l), jnp.result_type(l)) for l in leaves])
-            self._strategies[key] = self._strategy_cls(solution=template, **self._es_kwargs)
-        return self._strategies[key]
+        return self.engine.strategy(hparams)
 
     def reset(self, rng: jax.Array, sample_input: jax.Array) -> MetaLearnerState:
         if self.estimator == "backprop":
             return super().reset(rng, sample_input)
-        hparams, hstate = self.meta_model.reset_hparams(rng, sample_input)
-        strategy = self.strategy(hparams)
-        params = strategy.default_params.replace(**self._es_overrides)
-        state = strategy.init(jax.random.fold_in(rng, 2), hparams, params)
-        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=EvolutionState(state, params))
+        hparams, hstate = self.reset_hparams(rng, sample_input)
+        optim = self.engine.init(jax.random.fold_in(rng, 2), hparams)
+        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=optim)
 
     def continue_descent(self, rng, carry: InnerCarry, hparams, energy, optimizer, steps: int):
         """`steps` steps of the shared loop continuing `carry`, optimiser state included."""
@@ -209,56 +173,63 @@ class LearnedKernel(ModelAgnosticMetaLearning):
 
     def _segment(self, rng, hstate, hparams, task: MetaDataset, carry: InnerCarry, first: jax.Array):
         """One member on one task: `unroll` steps from `carry` (from its start if `first`)."""
-        rng_start, rng_steps, rng_query = jax.random.split(rng, 3)
+        rng_start, rng_steps, rng_query, rng_final = jax.random.split(rng, 4)
         start = self._start(rng_start, hstate, hparams, task)
         carry = jax.tree_util.tree_map(lambda a, b: jnp.where(first, a, b), start, carry)
         energy = self.support_energy(hstate, task.train)
-        carry, _ = self.continue_descent(rng_steps, carry, hparams, energy, self.inner_optimizer(hparams), self.unroll)
-        loss, ((_, hstate), metrics) = self.query_energy(rng_query, carry.state, hstate, carry.params, hparams, task.test)
-        return carry, loss, hstate, append_keys(metrics, "outer")
+        carry, losses = self.continue_descent(rng_steps, carry, hparams, energy, self.inner_optimizer(hparams), self.unroll)
+        loss, ((_, new_hstate), metrics) = self.query_energy(rng_query, carry.state, hstate, carry.params, hparams, task.test)
+        inner = self.inner_metrics(rng_final, carry.state, hstate, carry.params, hparams, task.train, losses)
+        return carry, loss, new_hstate, {**append_keys(metrics, "outer"), **inner}
 
     def update(self, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset):
         """One meta-update: MAML's for "backprop"; for ES, one whole inner trajectory cut
         into `steps_inner / truncation` segments, with an ask / tell of the strategy per
         segment (see the module docstring). Metrics: `loss_outer` after the last step
         (population and task mean), `loss_outer_segments` (the ES objective),
+        `loss_inner_init` before the first step, `nonfinite_inner` over all segments,
         `fitness_best` / `fitness_std` of the last segment."""
         if self.estimator == "backprop":
             return super().update(rng, meta_state, metabatch)
-        check_metabatch(metabatch)
+        metabatch = self.check_metabatch("update", rng, meta_state, metabatch)
         strategy = self.strategy(meta_state.hparams)
-        es_state, es_params = meta_state.optim
         num_tasks = metabatch.train.x.shape[0]
         over_tasks = jax.vmap(self._segment, in_axes=(0, None, None, 0, 0, None))
         over_members = jax.vmap(over_tasks, in_axes=(None, None, 0, None, 0, None))
 
         # Every member's carry, shaped (members, tasks, ...); the first segment replaces it.
+        es_state, es_params = meta_state.optim
         population_shape = jax.eval_shape(lambda: strategy.ask(rng, es_state, es_params)[0])
         start = jax.vmap(jax.vmap(self._start, in_axes=(0, None, None, 0)), in_axes=(None, None, 0, None))
         carry_shape = jax.eval_shape(start, jax.random.split(rng, num_tasks), meta_state.hstate, population_shape, metabatch)
         carry = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
 
         def segment(loop, inputs):
-            es_state, carry = loop
+            optim, carry = loop
             index, rng_segment = inputs
             rng_ask, rng_tell, rng_tasks = jax.random.split(rng_segment, 3)
-            population, es_state = strategy.ask(rng_ask, es_state, es_params)
             # The same task keys for every member (common random numbers).
             task_rngs = jax.random.split(rng_tasks, num_tasks)
-            carry, losses, hstates, metrics = over_members(task_rngs, meta_state.hstate, population, metabatch, carry, index == 0)
-            fitness = jnp.mean(losses, axis=1) / self.segments
-            es_state, _ = strategy.tell(rng_tell, population, fitness, es_state, es_params)
-            return (es_state, carry), (jnp.mean(losses), fitness, hstates, metrics)
+
+            def score(population):
+                new_carry, losses, hstates, metrics = over_members(
+                    task_rngs, meta_state.hstate, population, metabatch, carry, index == 0
+                )
+                return jnp.mean(losses, axis=1) / self.segments, (new_carry, jnp.mean(losses), hstates, metrics)
+
+            optim, fitness, (carry, mean_loss, hstates, metrics) = self.engine.generation(
+                rng_ask, rng_tell, optim, meta_state.hparams, score
+            )
+            return (optim, carry), (mean_loss, fitness, hstates, metrics)
 
         inputs = (jnp.arange(self.segments), jax.random.split(rng, self.segments))
-        (es_state, _), (segment_losses, fitness, hstates, metrics) = jax.lax.scan(segment, (es_state, carry), inputs)
+        (optim, _), (segment_losses, fitness, hstates, metrics) = jax.lax.scan(segment, (meta_state.optim, carry), inputs)
         last = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[-1], tree)
-        hstate = tree_mean_keep_dtype(tree_mean_keep_dtype(last(hstates)))
-        metrics = {
-            **jax.tree_util.tree_map(lambda m: jnp.mean(m[-1]), metrics),  # after all steps_inner steps
-            "loss_outer_segments": jnp.mean(segment_losses),  # the ES objective
-            "fitness_best": jnp.min(fitness[-1]) * self.segments,
-            "fitness_std": jnp.std(fitness[-1]) * self.segments,
-        }
-        hparams = strategy.get_mean(es_state)
-        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=EvolutionState(es_state, es_params)), metrics
+        # After all steps_inner steps, except what describes the whole trajectory.
+        out = generation_metrics(fitness[-1], last(metrics), scale=self.segments)
+        if "loss_inner_init" in metrics:
+            out["loss_inner_init"] = jnp.mean(metrics["loss_inner_init"][0])
+        out["nonfinite_inner"] = jnp.sum(metrics["nonfinite_inner"])
+        out["loss_outer_segments"] = jnp.mean(segment_losses)  # the ES objective
+        hparams = self.engine.solution(optim, meta_state.hparams)
+        return MetaLearnerState(hparams=hparams, hstate=population_hstate(last(hstates)), optim=optim), out

@@ -5,9 +5,10 @@ params, available only through Hessian-vector products `matvec`. Every solver he
 the same shape, so a learner takes any of them (or a user's own) as a value.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 
 from metax.utils import tree_add, tree_scale, tree_sub
 
@@ -40,23 +41,37 @@ def solve_bicgstab(maxiter: int, tol: float = 1e-10) -> LinearSolve:
     return _scipy_solver("bicgstab", maxiter, tol=tol)
 
 
+def neumann_series(steps: int, alpha: float) -> Callable[[MatVec, Any], tuple[Any, Any]]:
+    """`solve(matvec, b) -> (x, ratio)`: the truncated Neumann series of `solve_neumann`
+    and `ratio = ||(I - alpha H)^steps b|| / ||b||`, the size of its last term. The series
+    converges only if the ratio shrinks toward 0; a ratio >= 1 means alpha is too large
+    (it must stay below 2 / the largest eigenvalue of H)."""
+
+    def solve(matvec: MatVec, b: Any) -> tuple[Any, Any]:
+        def step(carry, _):
+            term, total = carry
+            term = tree_sub(term, tree_scale(matvec(term), alpha))
+            return (term, tree_add(total, term)), None
+
+        (term, total), _ = jax.lax.scan(step, (b, b), None, length=steps)
+        ratio = _norm(term) / jnp.maximum(_norm(b), jnp.finfo(_norm(b).dtype).tiny)
+        return tree_scale(total, alpha), ratio
+
+    return solve
+
+
 def solve_neumann(steps: int, alpha: float) -> LinearSolve:
     """Truncated Neumann series x = alpha * sum_{k=0}^{steps} (I - alpha H)^k b.
 
     The recurrent backpropagation approximation (Liao et al., 2018); converges to H^{-1} b
     when the spectrum of alpha H lies in (0, 2).
     """
+    series = neumann_series(steps, alpha)
+    return lambda matvec, b: series(matvec, b)[0]
 
-    def solve(matvec: MatVec, b: Any) -> Any:
-        def step(carry, _):
-            term, total = carry
-            term = tree_sub(term, tree_scale(matvec(term), alpha))
-            return (term, tree_add(total, term)), None
 
-        (_, total), _ = jax.lax.scan(step, (b, b), None, length=steps)
-        return tree_scale(total, alpha)
-
-    return solve
+def _norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
 def solve_identity(matvec: MatVec, b: Any) -> Any:
@@ -72,9 +87,19 @@ LINEAR_SOLVERS: dict[str, Callable[..., LinearSolve]] = {
 }
 
 
-def get_linear_solver(linsolver: Any, maxiter: int) -> LinearSolve:
-    """A solver from a name in `LINEAR_SOLVERS` (metax's strings) or a `solve` callable."""
+def get_linear_solver(linsolver: Any, maxiter: Optional[int]) -> LinearSolve:
+    """A solver from a name in `LINEAR_SOLVERS` (metax's strings) with `maxiter`
+    iterations, or a `solve` callable (which sets its own iterations: maxiter must be None).
+
+    Raises:
+      ValueError: for an unknown name, or a `maxiter` that a callable would ignore.
+    """
     if callable(linsolver):
+        if maxiter is not None:
+            raise ValueError(
+                f"steps_cg={maxiter} would be ignored: linsolver is a function, which sets its own "
+                "iterations (e.g. solve_cg(20)); pass steps_cg=None."
+            )
         return linsolver
     if linsolver not in LINEAR_SOLVERS:
         raise ValueError(

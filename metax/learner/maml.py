@@ -15,7 +15,7 @@ from typing import Optional
 import jax
 import optax
 
-from metax.learner.base import MetaLearner
+from metax.learner.base import MetaLearner, _check_bool
 from metax.module.base import MetaModule
 
 
@@ -23,9 +23,10 @@ class ModelAgnosticMetaLearning(MetaLearner):
     """MAML (second order by default) over any module.
 
     Args:
-      meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics:
-        see `MetaLearner`.
+      meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer: see `MetaLearner`.
       first_order: stop gradients through the inner-loop gradients (FOMAML).
+      extra_metrics, truncation, remat: see `MetaLearner` (truncated backpropagation
+        through the last `truncation` inner steps; rematerialised inner steps).
 
     Example:
       >>> learner = ModelAgnosticMetaLearning(meta_model, batch_size=None, steps_inner=5,
@@ -35,6 +36,7 @@ class ModelAgnosticMetaLearning(MetaLearner):
     """
 
     can_learn_optimizer = True
+    gradient_through_inner_loop = True
 
     def __init__(
         self,
@@ -46,11 +48,14 @@ class ModelAgnosticMetaLearning(MetaLearner):
         first_order: bool = False,
         *,
         extra_metrics: bool = False,
+        truncation: Optional[int] = None,
+        remat: bool = False,
     ) -> None:
         super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics=extra_metrics
+            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
+            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
         )
-        self.first_order = bool(first_order)
+        self.first_order = _check_bool(first_order, "first_order")
 
     def grad(self, rng, hstate, hparams, metadataset):
         grad_fn = jax.grad(self.outer_loss, argnums=2, has_aux=True)

@@ -31,8 +31,9 @@ class Reptile(MetaLearner):
     """Reptile over a module with a learned initialisation (e.g. `LearnedInit`).
 
     Args:
-      meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics:
-        see `MetaLearner`.
+      meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics,
+        truncation, remat: see `MetaLearner` (Reptile takes no gradient through the
+        inner loop, so it refuses truncation and remat).
 
     Raises:
       ValueError: at construction, if the module has no initialisation to move.
@@ -49,9 +50,12 @@ class Reptile(MetaLearner):
         optim_fn_outer: optax.GradientTransformation,
         *,
         extra_metrics: bool = False,
+        truncation: Optional[int] = None,
+        remat: bool = False,
     ) -> None:
         super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics=extra_metrics
+            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
+            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
         )
         if not meta_model.init_keys:
             raise ValueError(

@@ -2,6 +2,7 @@
 
 from metax.models.conv import Conv4
 from metax.models.conv import ConvBlock
+from metax.models.linear import Linear
 from metax.models.linear import LinearBlock
 from metax.models.mlp import MultilayerPerceptron
 from metax.models.mlp import mlp_fn
@@ -13,6 +14,7 @@ __all__ = [
     "BatchNorm",
     "Conv4",
     "ConvBlock",
+    "Linear",
     "LinearBlock",
     "MultilayerPerceptron",
     "mlp_fn",

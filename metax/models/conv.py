@@ -10,6 +10,7 @@ import haiku as hk
 import jax
 
 from metax.models.norm import BatchNorm, check_batch_norm_policy
+from metax.models.transform import TransformOutsideHaiku
 
 
 class ConvBlock(hk.Module):
@@ -51,13 +52,17 @@ class ConvBlock(hk.Module):
         return out
 
 
-class Conv4(hk.Module):
+class Conv4(hk.Module, metaclass=TransformOutsideHaiku):
     """Four `ConvBlock`s on `(batch, height, width, channels)` images, flattened features out.
+
+    Called as `net(images, is_training, gain=None, shift=None)`. Constructed outside
+    `hk.transform` it returns `hk.transform_with_state` of that call, as in metax:
+    `LearnedInit(..., base_learner=Conv4(32, 0.9, readout=5))`.
 
     Args:
       channels: filters per block (64 in the literature, 32 for MAML on miniImageNet).
+      decay: batch norm's moving-average decay (metax's second argument).
       readout: if given, a final linear layer with this many outputs (e.g. the classes).
-      decay: the decay of batch norm's moving averages.
       max_pool: 2x2 max-pooling after each block (else stride-2 convolutions).
       batch_norm_policy: what batch norm uses in the inner loop (training-mode passes on
         the support set) and the query pass (evaluation mode): "running" (moving
@@ -71,8 +76,8 @@ class Conv4(hk.Module):
     def __init__(
         self,
         channels: int = 64,
-        readout: Optional[int] = None,
         decay: float = 0.9,
+        readout: Optional[int] = None,
         max_pool: bool = True,
         name: Optional[str] = None,
         *,

@@ -6,10 +6,14 @@ import haiku as hk
 import jax
 
 from metax.models.norm import BatchNorm, check_batch_norm_policy
+from metax.models.transform import TransformOutsideHaiku
 
 
-class LinearBlock(hk.Module):
+class LinearBlock(hk.Module, metaclass=TransformOutsideHaiku):
     """`hk.Linear`, optionally followed by `hk.BatchNorm` (whose statistics are haiku state).
+
+    Called as `block(inputs, is_training)`. Constructed outside `hk.transform` it returns
+    `hk.transform_with_state` of that call (metax's convention, see `metax.models.transform`).
 
     Args:
       output_size: number of output units.
@@ -50,3 +54,18 @@ class LinearBlock(hk.Module):
             norm = BatchNorm(True, True, self.batch_norm_policy, self.batch_norm_steps, decay=0.9, name="batch_norm")
             out = norm(out, is_training)
         return out
+
+
+class Linear(LinearBlock):
+    """A linear layer called as `layer(inputs, is_training)`: `LinearBlock` without batch norm
+    (metax's `metax.models.Linear`; outside `hk.transform` a `hk.transform_with_state` pair)."""
+
+    def __init__(
+        self,
+        output_size: int,
+        with_bias: bool = True,
+        w_init: Optional[hk.initializers.Initializer] = None,
+        b_init: Optional[hk.initializers.Initializer] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__(output_size, with_bias, False, w_init, b_init, name=name)

@@ -6,10 +6,15 @@ import haiku as hk
 import jax
 
 from metax.models.linear import LinearBlock
+from metax.models.transform import TransformOutsideHaiku
 
 
-class MultilayerPerceptron(hk.Module):
+class MultilayerPerceptron(hk.Module, metaclass=TransformOutsideHaiku):
     """An MLP over flattened inputs, `(batch, *input_shape) -> (batch, output_sizes[-1])`.
+
+    Inside `hk.transform` this is a Haiku module; constructed outside one it returns
+    `hk.transform_with_state` of its forward pass (metax's convention), which a module
+    takes directly: `ANIL(..., body=MultilayerPerceptron([32, 32], activate_final=True))`.
 
     Gain modulation (Zucchet et al., 2022) multiplies each layer's pre-activation by a
     per-unit `gain` and adds a per-unit `shift`; both are passed in at call time so a

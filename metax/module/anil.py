@@ -17,7 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from metax import energy
-from metax.module.base import MetaModule, as_transformed_with_state, check_features, check_positive_int, linear_head
+from metax.module.base import (
+    MetaModule,
+    as_transformed_with_state,
+    check_energies,
+    check_features,
+    check_positive_int,
+    linear_head,
+)
 
 
 class AlmostNoInnerLoopMetaParams(NamedTuple):
@@ -68,6 +75,7 @@ class AlmostNoInnerLoop(MetaModule):
         output_dim: int,
         reg_strength: Optional[float] = None,
     ) -> None:
+        check_energies(loss_fn_inner, loss_fn_outer)
         if reg_strength is not None:
             loss_fn_inner = loss_fn_inner + energy.iMAML(reg_strength, key_map=self.init_keys)
         super().__init__(loss_fn_inner, loss_fn_outer)
@@ -83,6 +91,10 @@ class AlmostNoInnerLoop(MetaModule):
     @property
     def anchors_init(self) -> bool:
         return self.reg_strength is not None
+
+    @property
+    def hparams_fields(self) -> tuple[str, ...]:
+        return AlmostNoInnerLoopMetaParams._fields
 
     def __call__(self, rng, state, hstate, params, hparams, input, is_training):
         features, body_state = self.body.apply(hparams.body, state.body, rng, input, is_training)

@@ -43,9 +43,7 @@ class MetaModule(abc.ABC):
     """
 
     def __init__(self, loss_fn_inner: EnergyFunction, loss_fn_outer: EnergyFunction) -> None:
-        for name, fn in (("loss_fn_inner", loss_fn_inner), ("loss_fn_outer", loss_fn_outer)):
-            if not callable(fn):
-                raise TypeError(f"{name} must be a metax.energy.EnergyFunction, got {type(fn).__name__}.")
+        check_energies(loss_fn_inner, loss_fn_outer)
         self.loss_fn_inner = loss_fn_inner
         self.loss_fn_outer = loss_fn_outer
 
@@ -63,6 +61,16 @@ class MetaModule(abc.ABC):
     def anchors_init(self) -> bool:
         """True if the inner loss itself pulls params toward their hparams initialisation."""
         return False
+
+    @property
+    def hparams_fields(self) -> Optional[tuple[str, ...]]:
+        """The names of the hparams' fields that hold meta-parameters, if known without data.
+
+        Learners that differentiate at the inner loop's end point read it at construction
+        to tell which hparams can learn (those not in `init_keys`, unless `anchors_init`);
+        None (the default) defers that check to `reset`, which sees the hparams.
+        """
+        return None
 
     @abc.abstractmethod
     def __call__(
@@ -86,6 +94,20 @@ class MetaModule(abc.ABC):
         self, rng: jax.Array, hparams: HParams, hstate: HState, sample_input: jax.Array
     ) -> tuple[Params, State]:
         """A task's starting params and state, derived from the meta-parameters."""
+
+
+def check_energies(loss_fn_inner: Any, loss_fn_outer: Any) -> None:
+    """Raises unless both losses are `EnergyFunction`s (a module calls it before adding a
+    regulariser, so a plain function fails here with this message)."""
+    for name, fn in (("loss_fn_inner", loss_fn_inner), ("loss_fn_outer", loss_fn_outer)):
+        if not isinstance(fn, EnergyFunction):
+            what = getattr(fn, "__name__", type(fn).__name__)
+            raise TypeError(
+                f"{name} must be a metax.energy.EnergyFunction, called as energy(rng, pred, target, "
+                f"params, hparams, state, hstate, info) -> (loss, metrics); got {what}. Use "
+                "metax.energy.SquaredError() or CrossEntropy(), or subclass EnergyFunction to wrap "
+                "a loss such as an optax one."
+            )
 
 
 def as_transformed_with_state(fn: Any, argument: str) -> hk.TransformedWithState:

@@ -92,6 +92,10 @@ class CAVIA(MetaModule):
     def init_keys(self) -> dict[str, str]:
         return {"context": "context_init"} if self.learn_init else {}
 
+    @property
+    def hparams_fields(self) -> tuple[str, ...]:
+        return ("base", "context_init") if self.learn_init else ("base",)
+
     def _apply(self, weights, base_state, rng, input, context, is_training):
         if self.context_as_argument:
             return self.base_model.apply(weights, base_state, rng, input, is_training, context=context)

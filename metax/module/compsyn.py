@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from metax import energy
-from metax.module.base import MetaModule, as_transformed_with_state
+from metax.module.base import MetaModule, as_transformed_with_state, check_energies
 
 
 class ComplexSynapseMetaParams(NamedTuple):
@@ -69,6 +69,7 @@ class ComplexSynapse(MetaModule):
         l2_reg: float,
         l2_fixed: bool = False,
     ) -> None:
+        check_energies(loss_fn_inner, loss_fn_outer)
         self.l2_fixed = bool(l2_fixed)
         if self.l2_fixed:
             regularizer = energy.iMAML(l2_reg, key_map=self.init_keys)
@@ -90,6 +91,10 @@ class ComplexSynapse(MetaModule):
     @property
     def anchors_init(self) -> bool:
         return not self.l2_fixed or self.l2_reg > 0
+
+    @property
+    def hparams_fields(self) -> tuple[str, ...]:
+        return ("omega",) if self.l2_fixed else ("omega", "log_lambda")
 
     def __call__(self, rng, state, hstate, params, hparams, input, is_training):
         output, new_state = self.base_learner.apply(

@@ -20,6 +20,7 @@ from metax import energy
 from metax.module.base import (
     MetaModule,
     as_transformed_with_state,
+    check_energies,
     check_features,
     check_positive_int,
     ignores,
@@ -90,6 +91,7 @@ class GainMod(MetaModule):
         adapt_head: bool = False,
         reg_strength: Optional[float] = None,
     ) -> None:
+        check_energies(loss_fn_inner, loss_fn_outer)
         self.adapt_head = bool(adapt_head)
         if reg_strength is not None:
             loss_fn_inner = loss_fn_inner + energy.iMAML(reg_strength, key_map=self.init_keys)
@@ -110,6 +112,10 @@ class GainMod(MetaModule):
     @property
     def anchors_init(self) -> bool:
         return self.reg_strength is not None
+
+    @property
+    def hparams_fields(self) -> tuple[str, ...]:
+        return GainModMetaParams._fields
 
     def __call__(self, rng, state, hstate, params, hparams, input, is_training):
         features, body_state = self.body.apply(

@@ -18,7 +18,7 @@ import haiku as hk
 import jax
 
 from metax import energy
-from metax.module.base import MetaModule, as_transformed_with_state, check_output_dim
+from metax.module.base import MetaModule, as_transformed_with_state, check_energies, check_output_dim, check_positive_int
 
 
 class LearnedInitMetaParams(NamedTuple):
@@ -64,11 +64,14 @@ class LearnedInit(MetaModule):
         reg_strength: Optional[float] = None,
         output_dim: Optional[int] = None,
     ) -> None:
+        check_energies(loss_fn_inner, loss_fn_outer)
         if reg_strength is not None:
             loss_fn_inner = loss_fn_inner + energy.iMAML(reg_strength, key_map=self.init_keys)
         super().__init__(loss_fn_inner, loss_fn_outer)
         self.base_learner = as_transformed_with_state(base_learner, "base_learner")
         self.reg_strength = reg_strength
+        if output_dim is not None:
+            check_positive_int(output_dim, "output_dim", "set it to the target width, or None to skip the check.")
         self.output_dim = output_dim
 
     @property
@@ -78,6 +81,10 @@ class LearnedInit(MetaModule):
     @property
     def anchors_init(self) -> bool:
         return self.reg_strength is not None
+
+    @property
+    def hparams_fields(self) -> tuple[str, ...]:
+        return LearnedInitMetaParams._fields
 
     def __call__(self, rng, state, hstate, params, hparams, input, is_training):
         output, new_state = self.base_learner.apply(

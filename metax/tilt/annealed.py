@@ -94,11 +94,12 @@ def annealed_pc(
     validate_levels(tilt, levels)
     adjusted = np.full(K, sampler != "pc_ula")
     adjusted[-1] |= levels.final_mala
+    dtype = jnp.result_type(float, *tilt.params)  # the model's float dtype (float64 under x64)
     return _annealed(
         key,
         tilt,
-        jnp.asarray(levels.sigma, jnp.float32),
-        jnp.asarray(levels.beta, jnp.float32),
+        jnp.asarray(levels.sigma, dtype),
+        jnp.asarray(levels.beta, dtype),
         jnp.asarray(adjusted),
         jnp.asarray(refresh_L, jnp.int32),
         jnp.asarray(action_steps_per_level, jnp.int32),
@@ -171,5 +172,5 @@ def _annealed(
         action_trace=a_tr,
         state_trace=s_tr,
         accept_rate=accept_rate,
-        evals_per_action=(K * (n_steps + 2)).astype(jnp.float32),
+        evals_per_action=(K * (n_steps + 2)).astype(a_tr.dtype),
     )

@@ -70,6 +70,7 @@ def chain_result(traces: tuple[Array, Array, Array], evals_per_action: float | A
         weights=jnp.full((n,), 1.0 / n),
         action_trace=a_trace,
         state_trace=s_trace,
-        accept_rate=jnp.mean(accepted.astype(jnp.float32), axis=1),
-        evals_per_action=jnp.asarray(evals_per_action, dtype=jnp.float32),
+        # The samples' dtype throughout: float64 chains report float64 diagnostics.
+        accept_rate=jnp.mean(accepted.astype(a_trace.dtype), axis=1),
+        evals_per_action=jnp.asarray(evals_per_action, dtype=a_trace.dtype),
     )

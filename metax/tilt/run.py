@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import math
+
 import jax
 
 from .annealed import PC_SAMPLERS, annealed_pc
 from .chains import SamplerResult
-from .gaussian import GaussianTilt
+from .gaussian import GaussianTilt, validate_params
 from .langevin import joint_mala, mala, ula
 from .samplers import gibbs, importance, independence_mh
 
@@ -48,9 +50,50 @@ def check_sampler(name: str) -> None:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
 
 
+def check_config(name: str, tilt: GaussianTilt, config: SamplerConfig) -> None:
+    """Raises `ValueError` naming the argument if `tilt` or `config` is ill-posed for `name`.
+
+    Checks what every sampler needs: positive standard deviations, a normalisable target
+    pi_{config.beta} (positive tilted precision 1/sigma_a^2 + beta qA) and sane budgets.
+    Traced parameters (under `jax.jit`) are not checked.
+    """
+    if not isinstance(tilt, GaussianTilt):
+        raise TypeError(f"tilt must be a metax.tilt.GaussianTilt, got {type(tilt).__name__}")
+    if not isinstance(config, SamplerConfig):
+        raise TypeError(f"config must be a metax.tilt.SamplerConfig, got {type(config).__name__}")
+    if any(isinstance(v, jax.core.Tracer) for v in (*tilt.params, config.beta)):
+        return
+    try:
+        validate_params(tilt.params, [config.beta])
+    except ValueError as error:
+        message = str(error)
+        # Name the argument: the fields live in tilt.params, beta in config.
+        if message.split(" ")[0] in tilt.params._fields:
+            message = f"tilt.params.{message}"
+        elif "not normalisable" in message:
+            message += f" (tilt.params.qA={tilt.params.qA:g}, config.beta={config.beta:g}: lower beta or raise qA)"
+        raise ValueError(f"run_sampler({name!r}): {message}") from None
+    minimum = {"n_chains": 1, "n_steps": 1, "K": 1, "refresh_L": 0, "action_steps_per_level": 0}
+    for field, low in minimum.items():
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"run_sampler({name!r}): config.{field} must be an int >= {low}, got {value!r}")
+    if not (math.isfinite(config.step_size) and config.step_size > 0):
+        raise ValueError(f"run_sampler({name!r}): config.step_size must be positive, got {config.step_size!r}")
+    if config.sigma_max is not None and not config.sigma_max > 0:
+        raise ValueError(f"run_sampler({name!r}): config.sigma_max must be positive or None, got {config.sigma_max!r}")
+
+
 def run_sampler(name: str, key: Array, tilt: GaussianTilt, config: SamplerConfig = SamplerConfig()) -> SamplerResult:
-    """Runs the sampler called `name` on pi_{config.beta} of `tilt`."""
+    """Runs the sampler called `name` on pi_{config.beta} of `tilt`.
+
+    Raises:
+      ValueError: for an unknown sampler, a negative or zero standard deviation, a `qA`
+        that makes the tilted precision non-positive, or a bad budget in `config`; the
+        message names the argument (`tilt.params.sigma_sprime`, `config.step_size`, ...).
+    """
     check_sampler(name)
+    check_config(name, tilt, config)
     c = config
     if name == "importance":
         return importance(key, tilt, c.beta, c.n_chains)
