@@ -160,7 +160,7 @@ def held_out_tasks(args, splits, shots: int) -> metax.data.MetaDataset:
     sampler = splits.sampler("test", ways=args.ways, shots=shots, queries=args.queries)
     if args.run_seed is not None:
         key = metax.experiment.loop.run_keys(args.run_seed).eval_tasks
-        return metax.experiment.loop.sample_held_out(key, sampler, args.tasks, args.tasks)
+        return metax.experiment.loop.sample_held_out(key, sampler, args.tasks, args.run_eval_batch)
     return jax.jit(lambda key, fn: metax.data.sample_metabatch(key, fn, args.tasks))(
         jax.random.PRNGKey(args.test_seed), sampler
     )
