@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from metax.data import MetaDataset
-from metax.learner.base import MetaLearner, MetaLearnerState, reduce_task_metrics
+from metax.learner.base import MetaLearner, MetaLearnerState, Remat, reduce_task_metrics
 from metax.module.base import MetaModule
 from metax.utils import tree_mean_keep_dtype
 
@@ -264,7 +264,7 @@ class Evosax(MetaLearner):
         report: Optional[str] = None,
         extra_metrics: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
     ) -> None:
         # The strategy is the outer optimiser: optim_fn_outer has nothing to do.
         super().__init__(

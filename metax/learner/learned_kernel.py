@@ -8,7 +8,7 @@ comes from one of three estimators:
 - "backprop": through the unrolled inner loop, as MAML does (Andrychowicz et al.,
   "Learning to learn by gradient descent by gradient descent", NeurIPS 2016,
   https://arxiv.org/abs/1606.04474), optionally truncated to the last `truncation` steps
-  and with rematerialisation (memory O(1) in the steps).
+  and with rematerialisation (`remat="block"`: memory O(sqrt(K)) in the K steps).
 - "pes": Persistent Evolution Strategies (Vicol, Metz, Sohl-Dickstein, "Unbiased
   Gradient Estimation in Unrolled Computation Graphs with Persistent Evolution
   Strategies", ICML 2021, https://arxiv.org/abs/2112.13835), evosax's `PersistentES`.
@@ -40,7 +40,7 @@ import optax
 
 from metax.data import MetaDataset
 from metax.kernel.base import is_learned_optimizer
-from metax.learner.base import MetaLearnerState, _check_steps
+from metax.learner.base import MetaLearnerState, Remat, _check_steps
 from metax.learner.evolution import EvolutionEngine, evosax_algorithms, generation_metrics, population_hstate
 from metax.learner.maml import ModelAgnosticMetaLearning
 from metax.module.base import MetaModule
@@ -72,7 +72,8 @@ class LearnedKernel(ModelAgnosticMetaLearning):
       truncation: backprop: gradients flow through the last `truncation` inner steps
         only (the shared loop's option, see `MetaLearner`); ES: the length of a partial
         unroll (must divide `steps_inner`). None: the whole loop.
-      remat: backprop only: recompute each inner step in the backward pass.
+      remat: backprop only: what the backward pass recomputes (True: each step; "block" or
+        an int: blocks of steps; see `MetaLearner`).
       first_order: backprop only: treat inner gradients as constants.
       es_kwargs: ES only: `population_size` (even; default 16), `sigma_init` (the
         perturbation std, default 0.1) or `std_schedule`, `fitness_shaping_fn`.
@@ -94,7 +95,7 @@ class LearnedKernel(ModelAgnosticMetaLearning):
         *,
         estimator: str = "backprop",
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
         first_order: bool = False,
         es_kwargs: Optional[dict] = None,
         extra_metrics: bool = False,
@@ -117,7 +118,7 @@ class LearnedKernel(ModelAgnosticMetaLearning):
             )
             return
 
-        if remat or first_order:
+        if remat is not False or first_order:
             raise ValueError(f"remat and first_order apply to estimator='backprop'; {estimator!r} takes no gradient.")
         super().__init__(meta_model, batch_size, steps_inner, kernel, optim_fn_outer, extra_metrics=extra_metrics)
         if self.steps_inner < 1:
