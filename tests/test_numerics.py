@@ -1,0 +1,137 @@
+"""Numerics per learner: float32 meta-gradients agree with float64, and every output keeps
+the input's dtype (float32 and bfloat16 in, the same out; nothing hard-coded inside).
+
+The cases are the conformance suite's (benchmarks/numerics.py imports its pairs); the
+tolerances come from the table that script writes (benchmarks/RESULTS.md, "Numerics per
+learner"), which holds every pair and bfloat16 too.
+"""
+
+import os
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import numerics  # noqa: E402
+from conftest import x64  # noqa: E402
+
+# float32 against float64: ||g32 - g64|| / ||g64|| stays below these. Each is the worst
+# error the table measured for the learner (in brackets), times ~10 for other platforms'
+# summation orders; float32's unit roundoff is 6e-8.
+F32_RTOL = {
+    # Backpropagation through 2 inner steps: a few hundred roundings [1.1e-6].
+    "maml": 1e-5,
+    "learned_kernel": 1e-5,  # the same loop with Meta-SGD's learned rates [8e-7]
+    # The displacement h - p_K is a difference of close numbers: h's rounding (~|h| eps)
+    # over a displacement ~lr * K * |grad| costs a digit over MAML [7e-7].
+    "reptile": 1e-5,
+    "buffered_reptile": 1e-5,
+    # A contrast of two partial gradients divided by beta = 0.1 (a finite difference):
+    # cancellation costs a digit [1.4e-6].
+    "eqprop": 2e-5,
+    "symmetric_eqprop": 2e-5,
+    # CG solves H x = b: rounding is amplified by the Hessian's condition number, ~10 for
+    # iMAML, CAVIA, ComplexSynapse here (ANIL, GainMod: CG_ILL_CONDITIONED) [1.4e-6].
+    "cg": 2e-5,
+    # A 3-term Neumann series and the identity: no solve to amplify anything [1.5e-6].
+    "rbp": 2e-5,
+    "t1t2": 1e-5,
+    # ES estimates: fitness differences of size sigma * |g| divided by sigma (0.05, 0.01):
+    # one to two digits lost to cancellation [evosax 7e-7, pes ...].
+    "evosax": 2e-5,
+    "learned_kernel_pes": 1e-4,
+}
+
+# CG where the inner Hessian at the adapted params is not well conditioned positive
+# definite (measured on this problem): ANIL's 5 head params see 6 correlated features,
+# condition number 4e6; GainMod's is indefinite (eigenvalues -0.29 to 3.2), which CG is not
+# built for. 20 float32 CG iterations (the 1e-10 tolerance is out of float32's reach) land
+# elsewhere than float64's along the badly determined directions. The float64 solution is
+# the one the conformance suite checks against a dense solve; these tolerances are the
+# measured errors [7e-5, 1.3e-3] times ~10. (Condition numbers ~10 elsewhere.)
+CG_ILL_CONDITIONED = {"anil": 1e-3, "gainmod": 2e-2}
+
+# The cases that compile a float32 and a float64 meta-gradient here (the table has every
+# case; two compilations per case cost ~1 s, the whole list ~70 s): every learner once,
+# and together every module and every inner optimiser. The dtype test below traces all.
+C = numerics.Case
+VALUE_CASES = [
+    C("maml", "anil", "layer_step_lr"),
+    C("maml", "gainmod", "meta_sgd"),
+    C("reptile", "compsyn", "sgd"),
+    C("buffered_reptile", "learned_init", "sgd"),
+    C("eqprop", "cavia", "sgd"),
+    C("symmetric_eqprop", "gainmod", "sgd"),
+    C("cg", "learned_init_imaml", "sgd"),
+    C("rbp", "anil", "sgd"),
+    C("t1t2", "compsyn", "sgd"),
+    C("evosax", "cavia", "meta_sgd"),
+    C("learned_kernel", "learned_init_imaml", "meta_sgd"),
+    C("learned_kernel_pes", "learned_init", "meta_sgd"),
+]
+CASES = numerics.cases()
+
+
+def tolerance(case: numerics.Case) -> float:
+    if case.learner == "cg" and case.module in CG_ILL_CONDITIONED:
+        return CG_ILL_CONDITIONED[case.module]
+    return F32_RTOL[case.learner]
+
+
+def test_the_cases_cover_every_learner_module_and_optimizer():
+    assert {case.learner for case in CASES} == set(F32_RTOL)
+    assert set(VALUE_CASES) <= set(CASES)
+    for field in numerics.Case._fields:
+        assert {getattr(c, field) for c in VALUE_CASES} == {getattr(c, field) for c in CASES}, field
+
+
+@pytest.mark.parametrize("case", VALUE_CASES, ids=[case.name for case in VALUE_CASES])
+def test_float32_meta_gradient_agrees_with_float64(case):
+    with x64():
+        problem = numerics.build(case)
+        fn = numerics.meta_gradient_fn(case, problem.learner, numerics.FAST_COMPILE)
+        reference = numerics.run(case, problem, "float64", fn)
+        single = numerics.run(case, problem, "float32", fn)
+    # Both ran, every floating output in the input's dtype, finite.
+    assert reference.reason is None and single.reason is None, single.reason
+    assert np.linalg.norm(ravel_pytree(reference.meta_gradient)[0]) > 1e-6
+    rel, cosine = numerics.compare(single.meta_gradient, reference.meta_gradient)
+    assert rel < tolerance(case), f"float32 relative error {rel:.2e}"
+    assert cosine > 1 - tolerance(case)
+
+
+def floating_dtypes(tree):
+    return {jnp.dtype(leaf.dtype).name for leaf in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_outputs_keep_the_input_dtype(case):
+    """Traced only (no compilation), with jax_enable_x64 on so that anything built in JAX's
+    default float (float64 then) instead of the input's dtype shows up, as does a float32
+    that a bfloat16 input meets."""
+    with x64(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        problem = numerics.build(case, abstract=True)
+        learner, task = problem.learner, problem.task
+        meta_gradient = numerics.meta_gradient_fn(case, learner)
+        half = lambda tree: numerics.cast(tree, jnp.bfloat16)
+
+        def outputs():
+            # bfloat16 meta-parameters and data in: a bfloat16 meta-gradient and metrics.
+            state64 = learner.reset(jax.random.PRNGKey(1), task.train.x)
+            half_grad = meta_gradient(half(state64.hstate), half(state64.hparams), half(task))
+            # The runner's path: a float32 meta-state from reset, and bfloat16 data, which
+            # the dtype policy casts to float32 on entry: float32 state and metrics out.
+            state = learner.reset(jax.random.PRNGKey(1), task.train.x.astype(jnp.float32))
+            batch = jax.tree_util.tree_map(lambda a: a[None], half(task))
+            return half_grad, state, learner.update(jax.random.PRNGKey(0), state, batch)
+
+        half_grad, state, updated = jax.eval_shape(outputs)
+    assert floating_dtypes(half_grad) == {"bfloat16"}
+    assert floating_dtypes(state) == floating_dtypes(updated) == {"float32"}
