@@ -10,6 +10,7 @@ import os
 import sys
 import warnings
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,7 @@ from jax.flatten_util import ravel_pytree
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
+import metax  # noqa: E402
 import numerics  # noqa: E402
 from conftest import x64  # noqa: E402
 
@@ -135,3 +137,64 @@ def test_outputs_keep_the_input_dtype(case):
         half_grad, state, updated = jax.eval_shape(outputs)
     assert floating_dtypes(half_grad) == {"bfloat16"}
     assert floating_dtypes(state) == floating_dtypes(updated) == {"float32"}
+
+
+# -- the parts no learner case reaches: every learned optimiser, energy and network ----------------
+
+KERNELS = {
+    "meta_sgd_log": lambda: metax.kernel.MetaSGD(0.1, "log"),
+    "scalar_lr": lambda: metax.kernel.ScalarLR(0.1),
+    "coordinatewise": lambda: metax.kernel.CoordinatewiseKernel((4,), num_steps=3, step_fraction=True, check_finite=True),
+    "metadynamic": lambda: metax.kernel.MetadynamicOptimizer(8, (4,), memory_size=2, step_fraction=True, horizon=3),
+}
+ENERGIES = {
+    "squared_error_masked": (lambda: metax.energy.SquaredErrorMasked(), "values"),
+    "cross_entropy": (lambda: metax.energy.CrossEntropy(), "labels"),
+    "cross_entropy_masked": (lambda: metax.energy.CrossEntropyMasked(), "labels"),
+    "imaml": (lambda: metax.energy.iMAML(1.0, {"net": "init"}), "values"),
+    "learned_l2": (lambda: metax.energy.LearnedL2({"net": {"omega": "init", "log_lambda": "log_lambda"}}), "values"),
+    "learned_l2_at_zero": (lambda: metax.energy.LearnedL2({"net": "log_lambda"}, "mean"), "values"),
+}
+NETWORKS = {
+    "conv4": lambda x, t: metax.models.Conv4(4, readout=3)(x, t),
+    **{
+        f"mlp_batch_norm_{policy}": lambda x, t, policy=policy: metax.models.MultilayerPerceptron(
+            [4, 3], batch_norm=True, batch_norm_policy=policy, batch_norm_steps=2 if policy == "per_step" else None
+        )(x, t)
+        for policy in metax.models.BATCH_NORM_POLICIES
+    },
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_kernels_energies_and_networks_keep_the_input_dtype(dtype):
+    """Two steps of every learned optimiser, every energy, and init / train / query passes of
+    every network, traced with jax_enable_x64 on: every floating output in `dtype`."""
+    name, key = jnp.dtype(dtype).name, jax.random.PRNGKey(0)
+    params = {"w": jnp.ones((3, 2), dtype), "b": jnp.zeros((2,), dtype)}
+    with x64():
+        for label, make in KERNELS.items():
+            def two_steps(params, kernel=make()):
+                theta = kernel.init(key, params)
+                optimizer = kernel.optimizer(theta)
+                updates, state = optimizer.update(params, optimizer.init(params), params)
+                return theta, optimizer.update(updates, state, params)
+
+            assert floating_dtypes(jax.eval_shape(two_steps, params)) == {name}, label
+        pred = jnp.ones((5, 3), dtype)
+        targets = {"values": jnp.ones((5, 3), dtype), "labels": jnp.zeros((5,), jnp.int32)}
+        hparams = {"init": params, "log_lambda": params}
+        for label, (make, target) in ENERGIES.items():
+            energy = make()
+            loss = lambda: energy(key, pred, targets[target], {"net": params}, hparams, {}, {}, {"mask": jnp.ones((5,), dtype)})
+            assert floating_dtypes(jax.eval_shape(loss)) == {name}, label
+        for label, forward in NETWORKS.items():
+            network = hk.transform_with_state(forward)
+
+            def passes(x):
+                weights, state = network.init(key, x, True)
+                train, state = network.apply(weights, state, key, x, True)
+                query, state = network.apply(weights, state, key, x, False)
+                return weights, state, train, query
+
+            assert floating_dtypes(jax.eval_shape(passes, jnp.ones((4, 6, 6, 1), dtype))) == {name}, label
