@@ -214,12 +214,12 @@ def _cell(entry: dict) -> str:
 
 
 def _cos(entry: dict) -> str:
-    return f"{entry['cosine']:.6f}" if "cosine" in entry and np.isfinite(entry["cosine"]) else "-"
+    return f"{1 - entry['cosine']:.0e}" if "cosine" in entry and np.isfinite(entry["cosine"]) else "-"
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| learner | module | inner optimiser | f32 rel. err | f32 cosine | bf16 rel. err (or why not) | bf16 cosine |",
+        "| learner | module | inner optimiser | f32 rel. err | f32 1 - cos | bf16 rel. err (or why not) | bf16 1 - cos |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="a learner name: measure its pairs only (no files written)")
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
     rows = []
     for case in cases():
         if args.only and case.learner != args.only:
@@ -268,7 +268,9 @@ def main(argv=None) -> int:
     if args.only:
         return 0
     note = (
-        f"{time.strftime('%Y-%m-%d')}, {machine()}, {seconds:.0f} s (shared machine, other jobs running). "
+        f"{time.strftime('%Y-%m-%d')}, {machine()}, {seconds:.0f} s (load average {load_start:.1f} at the "
+        f"start, {os.getloadavg()[0]:.1f} at the end: a shared machine; the errors do not depend on it; "
+        "compiled programs come from the test suite's persistent cache when it holds them). "
         "`python benchmarks/numerics.py`: every valid learner x module x inner-optimiser case of the "
         "conformance suite, on its tiny problem (width-4 tanh networks, one sinusoid task with 6 support "
         "and 3 query points, 2 inner steps), with the float64 meta-parameters cast to each dtype. "
