@@ -17,7 +17,8 @@ Lange. "evosax: JAX-based Evolution Strategies", 2022, https://arxiv.org/abs/221
 import inspect
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-import evosax.algorithms
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,13 +74,20 @@ class EvolutionState(NamedTuple):
     strategy_params: Any  # evosax params (fixed hyperparameters of the strategy)
 
 
+def evosax_algorithms():
+    """`evosax.algorithms`, imported on first use: importing it creates JAX arrays, which
+    starts the XLA backend, and `jax.distributed.initialize` (multi-host runs) must come
+    before that."""
+    return importlib.import_module("evosax.algorithms")
+
+
 def strategy_class(algorithm: str) -> type:
     """The evosax class for a current or legacy name.
 
     Raises:
       ValueError: for an unknown name, listing the valid ones.
     """
-    table = evosax.algorithms.algorithms
+    table = evosax_algorithms().algorithms
     name = LEGACY_NAMES.get(algorithm, algorithm)
     if name not in table:
         raise ValueError(
@@ -99,7 +107,7 @@ def _uses_elites(cls: type) -> bool:
 
 
 def _is_cma(cls: type) -> bool:
-    return issubclass(cls, evosax.algorithms.CMA_ES)
+    return issubclass(cls, evosax_algorithms().CMA_ES)
 
 
 class EvolutionEngine:

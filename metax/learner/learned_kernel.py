@@ -34,7 +34,6 @@ segments of one trajectory are never interleaved with other trajectories.
 
 from typing import Any, NamedTuple, Optional
 
-import evosax.algorithms
 import jax
 import jax.numpy as jnp
 import optax
@@ -42,13 +41,13 @@ import optax
 from metax.data import MetaDataset
 from metax.kernel.base import is_learned_optimizer
 from metax.learner.base import MetaLearnerState, _check_steps
-from metax.learner.evolution import EvolutionEngine, generation_metrics, population_hstate
+from metax.learner.evolution import EvolutionEngine, evosax_algorithms, generation_metrics, population_hstate
 from metax.learner.maml import ModelAgnosticMetaLearning
 from metax.module.base import MetaModule
 from metax.utils import append_keys
 
 ESTIMATORS = ("backprop", "pes", "noise_reuse")
-_STRATEGIES = {"pes": evosax.algorithms.PersistentES, "noise_reuse": evosax.algorithms.NoiseReuseES}
+_STRATEGIES = {"pes": "PersistentES", "noise_reuse": "NoiseReuseES"}  # evosax class names
 
 
 class InnerCarry(NamedTuple):
@@ -143,7 +142,7 @@ class LearnedKernel(ModelAgnosticMetaLearning):
             raise ValueError(f"estimator={estimator!r} samples antithetic pairs: population_size must be an even int >= 2, got {size!r}.")
         es_kwargs["optimizer"] = optim_fn_outer
         self.engine = EvolutionEngine(
-            _STRATEGIES[estimator], es_kwargs, fixed_params={"T": self.steps_inner, "K": self.unroll}, report="mean"
+            getattr(evosax_algorithms(), _STRATEGIES[estimator]), es_kwargs, fixed_params={"T": self.steps_inner, "K": self.unroll}, report="mean"
         )
 
     # -- ES over partial unrolls ------------------------------------------------------------
