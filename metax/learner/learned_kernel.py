@@ -192,14 +192,12 @@ class LearnedKernel(ModelAgnosticMetaLearning):
         if self.estimator == "backprop":
             return super().update(rng, meta_state, metabatch)
         metabatch = self.check_metabatch("update", rng, meta_state, metabatch)
-        strategy = self.strategy(meta_state.hparams)
         num_tasks = metabatch.train.x.shape[0]
         over_tasks = jax.vmap(self._segment, in_axes=(0, None, None, 0, 0, None))
         over_members = jax.vmap(over_tasks, in_axes=(None, None, 0, None, 0, None))
 
         # Every member's carry, shaped (members, tasks, ...); the first segment replaces it.
-        es_state, es_params = meta_state.optim
-        population_shape = jax.eval_shape(lambda: strategy.ask(rng, es_state, es_params)[0])
+        population_shape = jax.eval_shape(lambda: self.engine.ask(rng, meta_state.optim, meta_state.hparams)[0])
         start = jax.vmap(jax.vmap(self._start, in_axes=(0, None, None, 0)), in_axes=(None, None, 0, None))
         carry_shape = jax.eval_shape(start, jax.random.split(rng, num_tasks), meta_state.hstate, population_shape, metabatch)
         carry = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
