@@ -27,7 +27,7 @@ def test_there_is_a_config_for_every_learner_and_module():
     assert modules == set(registry("modules").names())
     kernels = {c.learner.get("optim_fn_inner", {}).get("name") for c in configs} | {c.learner.get("kernel", {}).get("name") for c in configs}
     assert {"meta_sgd", "layer_step_lr", "coordinatewise"} <= kernels
-    assert {c.task["name"] for c in configs} == {"sinusoid", "family", "linear"}
+    assert {c.task["name"] for c in configs} == {"sinusoid", "family", "linear", "fewshot"}
     for path in CONFIGS:  # each says what it shows
         assert path.read_text().startswith("# "), path.name
 

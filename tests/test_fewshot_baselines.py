@@ -172,3 +172,32 @@ def test_baselines_script_writes_intervals_and_refuses_to_overwrite(tmp_path):
         script.main(argv)
     assert exit_info.value.code == 2
     assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_baselines_script_scores_the_runners_held_out_tasks_with_run_seed(tmp_path):
+    # run.sh compares configs and baselines task by task: with --run-seed the script must
+    # draw exactly the tasks `metax run` scores for the config (same split, keys, batches).
+    import importlib.util
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("fewshot_baselines", root / "experiments/fewshot/baselines.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args, _ = script.parse_args(["--out", str(tmp_path / "run"), "--train-classes", "0,1,2,3,4,8", "--test-classes",
+                                 "5,6,7,9", "--tasks", "5", "--run-seed", "3", "--run-eval-batch", "2"])
+    splits = script.make_splits(args)
+    ours = script.held_out_tasks(args, splits, shots=1)
+    config = metax.experiment.load_config(
+        str(root / "configs/fewshot-maml.yaml"), ["seed=3", "task.shots=1", "eval.tasks=5", "eval.batch_size=2"]
+    )
+    experiment = metax.experiment.build(config)
+    loop = metax.experiment.loop
+    runners = loop.sample_held_out(loop.run_keys(config.seed).eval_tasks, experiment.eval_task.sample_task, 5, 2)
+    assert ours.train.x.shape == (5, 5, 8, 8, 1) and ours.test.y.shape == (5, 75)
+    for mine, theirs in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(runners)):
+        np.testing.assert_array_equal(mine, theirs)
+    # ...and not merely some fixed tasks: another seed draws others.
+    args.run_seed = 4
+    other = script.held_out_tasks(args, splits, shots=1)
+    assert not np.array_equal(other.train.x, ours.train.x)

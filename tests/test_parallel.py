@@ -2,6 +2,7 @@
 (`jax.distributed`) reaches the single-device meta-state."""
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -57,3 +58,29 @@ def test_four_devices_reach_the_single_device_meta_state(single, tmp_path):
                            (["--devices", "8"], "train.devices=8 but 4 device(s) are visible")):
         failed = subprocess.run(command(config, tmp_path / "bad", *extra), env=env, capture_output=True, text=True)
         assert failed.returncode == 2 and message in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_reach_the_single_process_meta_state(single, tmp_path):
+    """`metax run --coordinator ... --num-processes 2`: two CPU processes (gloo collectives)
+    each hold one device and half of every meta-batch; process 0 writes the run."""
+    config, reference = single
+    address = f"127.0.0.1:{free_port()}"
+    workers = [
+        subprocess.Popen(
+            command(config, tmp_path / "two", "--devices", "2", "--coordinator", address,
+                    "--num-processes", "2", "--process-id", str(rank)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    for worker, (_, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr
+    for a, b in zip(reference, final_leaves(tmp_path / "two")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

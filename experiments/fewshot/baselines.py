@@ -17,7 +17,9 @@ It writes `<out>/metrics.json` (settings, class splits, mean accuracy with a 95%
 interval per method and shot count, per-task accuracies, the pre-training loss curve)
 and refuses to overwrite an earlier run unless given `--overwrite`. Held-out tasks are
 `sample_metabatch(PRNGKey(--test-seed), splits.sampler("test", ...), --tasks)`, the same
-for every method; use the same key to compare with a meta-learner.
+for every method; with `--run-seed S` they are instead the held-out tasks `metax run`
+scores for a `fewshot` config with `seed: S` (what experiments/fewshot/run.sh uses), so
+baselines and meta-learners are scored on the same tasks.
 """
 
 import argparse
@@ -59,6 +61,11 @@ def parse_args(argv=None):
     task.add_argument("--queries", type=int, default=15)
     task.add_argument("--tasks", type=int, default=600, help="held-out tasks per shot count")
     task.add_argument("--test-seed", type=int, default=1)
+    task.add_argument("--run-seed", type=int,
+                      help="score the held-out tasks `metax run` draws for a config with this seed (and "
+                           "eval.batch_size --run-eval-batch) instead of --test-seed's, so the baselines "
+                           "and the configs are scored on the same tasks")
+    task.add_argument("--run-eval-batch", type=int, default=250, help="the configs' eval.batch_size (see --run-seed)")
     model = parser.add_argument_group("network and training")
     model.add_argument("--network", choices=["mlp", "conv4"], default="mlp")
     model.add_argument("--width", type=int, default=64, help="MLP hidden width (two layers) or Conv4 channels")
@@ -91,6 +98,15 @@ def load(args) -> tuple[np.ndarray, np.ndarray]:
         return metax.data.load_labelled_npz(args.path)
     x, y, _ = metax.data.load_image_folder(args.path, size=args.image_size)
     return x, y
+
+
+def make_splits(args) -> metax.data.FewShotSplits:
+    """The source's classes split by `--train-classes` / `--test-classes` or `--fractions`."""
+    x, y = load(args)
+    if args.train_classes is not None:
+        classes = {"train": labels(args.train_classes), "valid": labels(args.valid_classes), "test": labels(args.test_classes)}
+        return metax.data.FewShotSplits(x, y, classes=classes, rotations=args.rotations)
+    return metax.data.FewShotSplits(x, y, fractions=args.fractions, seed=args.split_seed, rotations=args.rotations)
 
 
 def labels(text: str) -> list[int]:
@@ -138,12 +154,21 @@ def pretrain(args, splits, body, progress):
     return classifier, losses
 
 
-def evaluate(args, splits, classifier, body, network, shots, progress):
-    """Per-task query accuracies of both baselines on the held-out tasks."""
+def held_out_tasks(args, splits, shots: int) -> metax.data.MetaDataset:
+    """The `args.tasks` held-out tasks: `--test-seed`'s, or with `--run-seed` those `metax
+    run` scores (keys from the run's seed, drawn in batches of `--run-eval-batch`)."""
     sampler = splits.sampler("test", ways=args.ways, shots=shots, queries=args.queries)
-    tasks = jax.jit(lambda key, fn: metax.data.sample_metabatch(key, fn, args.tasks))(
+    if args.run_seed is not None:
+        key = metax.experiment.loop.run_keys(args.run_seed).eval_tasks
+        return metax.experiment.loop.sample_held_out(key, sampler, args.tasks, args.run_eval_batch)
+    return jax.jit(lambda key, fn: metax.data.sample_metabatch(key, fn, args.tasks))(
         jax.random.PRNGKey(args.test_seed), sampler
     )
+
+
+def evaluate(args, splits, classifier, body, network, shots, progress):
+    """Per-task query accuracies of both baselines on the held-out tasks."""
+    tasks = held_out_tasks(args, splits, shots)
     scratch = jax.jit(functools.partial(
         metax.learner.train_from_scratch, network=network, steps=args.scratch_steps, optimizer=optax.adam(args.scratch_lr)
     ))
@@ -166,12 +191,7 @@ def evaluate(args, splits, classifier, body, network, shots, progress):
 def main(argv=None) -> dict:
     args, _ = parse_args(argv)
     progress = sys.stderr.isatty() or not args.quick
-    x, y = load(args)
-    if args.train_classes is not None:
-        classes = {"train": labels(args.train_classes), "valid": labels(args.valid_classes), "test": labels(args.test_classes)}
-        splits = metax.data.FewShotSplits(x, y, classes=classes, rotations=args.rotations)
-    else:
-        splits = metax.data.FewShotSplits(x, y, fractions=args.fractions, seed=args.split_seed, rotations=args.rotations)
+    splits = make_splits(args)
     body, network = networks(args, args.ways)
     start = time.time()
     classifier, losses = pretrain(args, splits, body, progress)

@@ -128,6 +128,31 @@ def make_vae(pixels, latent_dim, hidden):
     return hk.without_apply_rng(hk.multi_transform(build))
 
 
+CHUNK = 50  # steps per compiled call: few host round-trips, a progress bar that still moves
+
+
+def scan_in_chunks(step):
+    """`run(carry, rng, first, steps, progress, *args) -> (carry, values)`: runs
+    `carry, value = step(carry, fold_in(rng, first + i), *args)` for i < steps as a
+    `lax.scan` over chunks of CHUNK steps (compiled once for full chunks and once for a
+    remainder, whatever `rng` and `args`), updating `progress` after each chunk."""
+
+    @jax.jit
+    def chunk(carry, rng, indices, *args):
+        return jax.lax.scan(lambda c, i: step(c, jax.random.fold_in(rng, i), *args), carry, indices)
+
+    def run(carry, rng, first, steps, progress, *args):
+        values = []
+        for start in range(first, first + steps, CHUNK):
+            indices = jnp.arange(start, min(start + CHUNK, first + steps))
+            carry, chunk_values = chunk(carry, rng, indices, *args)
+            values.append(np.asarray(chunk_values))
+            progress.update(len(indices))
+        return carry, np.concatenate(values) if values else np.zeros((0,), np.float32)
+
+    return run
+
+
 def train_vae(rng, train, args):
     """Adam on the negative ELBO; returns the params, the pure functions and the last loss."""
     vae = make_vae(train.shape[1], args.latent_dim, args.hidden)
@@ -137,17 +162,19 @@ def train_vae(rng, train, args):
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
 
-    @jax.jit
-    def step(params, opt_state, key):
+    def step(carry, key):
+        params, opt_state = carry
         key_batch, key_noise = jax.random.split(key)
         x = data[jax.random.randint(key_batch, (128,), 0, data.shape[0])]
         loss = lambda p: jnp.mean(sum(vae.apply[0](p, x, key_noise)))
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(params, updates), opt_state, value
+        return (optax.apply_updates(params, updates), opt_state), value
 
-    for i in tqdm(range(args.vae_steps), desc="VAE", unit="step", leave=False):
-        params, opt_state, value = step(params, opt_state, jax.random.fold_in(rng_train, i))
+    progress = tqdm(total=args.vae_steps, desc="VAE", unit="step", leave=False)
+    (params, _), values = scan_in_chunks(step)((params, opt_state), rng_train, 0, args.vae_steps, progress)
+    progress.close()
+    value = values[-1]
     return params, vae, float(value)
 
 
@@ -214,23 +241,21 @@ def make_meta_trainer(objective, kernel, x_train, latent_dim, args):
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.meta_lr))
     data = jnp.asarray(x_train)
 
-    @jax.jit
-    def step(psi, opt_state, key, noise_std):
+    def step(carry, key, noise_std):
+        psi, opt_state = carry
         key_batch, key_noise = jax.random.split(key)
         x = data[jax.random.randint(key_batch, (args.meta_batch,), 0, data.shape[0])]
         z0 = jnp.zeros((x.shape[0], latent_dim))
         loss = lambda p: jnp.mean(infer(objective, kernel.optimizer(p), x, z0, key_noise, args.steps, noise_std)[0][-1])
         value, grads = jax.value_and_grad(loss)(psi)
         updates, opt_state = optimizer.update(grads, opt_state, psi)
-        return optax.apply_updates(psi, updates), opt_state, value
+        return (optax.apply_updates(psi, updates), opt_state), value
+
+    run = scan_in_chunks(step)
 
     def train(psi, rng, noise_std, progress):
-        opt_state, losses = optimizer.init(psi), []
-        for i in range(args.meta_steps):
-            psi, opt_state, value = step(psi, opt_state, jax.random.fold_in(rng, i + 1), noise_std)
-            losses.append(float(value))
-            progress.update(1)
-        return psi, losses
+        (psi, _), losses = run((psi, optimizer.init(psi)), rng, 1, args.meta_steps, progress, noise_std)
+        return psi, [float(v) for v in losses]
 
     return train
 

@@ -127,7 +127,7 @@ def _summarise(per_task: dict[str, np.ndarray], groups: Optional[tuple], labels:
 def peak_memory_mib() -> dict:
     """Peak resident memory of this process (CPU) and, on accelerators, device memory."""
     peak = {"host_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # in a multi-process run jax.devices()[0] may be another host's
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "peak_bytes_in_use" in stats:
         peak["device"] = stats["peak_bytes_in_use"] / 2**20

@@ -10,9 +10,10 @@ a contrastive difference, ...); the `MetaLearner` docstring says how to write on
 
 import abc
 import functools
+import math
 import operator
 import warnings
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +101,48 @@ def _check_positive(value: Any, argument: str, meaning: str) -> float:
     return number
 
 
+Remat = Union[bool, Literal["block"], int]  # the `remat` option: see `MetaLearner`
+
+
+def _check_remat(remat: Any, steps_inner: int, length: str = "steps_inner") -> Union[bool, str, int]:
+    """`remat` as given (False, True, "block" or a block length in [1, steps_inner]),
+    or a one-line error naming it (`length` names the loop's length in the message)."""
+    if isinstance(remat, (bool, np.bool_)):
+        return bool(remat)
+    if isinstance(remat, str):
+        if remat != "block":
+            raise ValueError(
+                f"remat={remat!r} is not an option: use False, True (every step), \"block\" "
+                "(blocks of about sqrt(steps_inner) steps) or an int block length."
+            )
+        return remat
+    try:
+        block = operator.index(remat)
+    except TypeError:
+        raise TypeError(
+            f"remat must be False, True, \"block\" or an int block length, got {remat!r} "
+            f"({type(remat).__name__})."
+        ) from None
+    if not 1 <= block <= max(steps_inner, 1):
+        raise ValueError(
+            f"remat={block} (the block length of rematerialisation) must lie in [1, "
+            f"{length}={steps_inner}]; use remat=\"block\" for blocks of about "
+            f"sqrt({length}) steps."
+        )
+    return block
+
+
+def remat_block_length(remat: Union[bool, str, int], steps: int) -> Optional[int]:
+    """Steps per checkpointed block of a `steps`-long loop under `remat`: None without
+    blocks (False, or True: every step checkpointed alone), ceil(sqrt(steps)) for
+    "block", else the given length, capped at `steps`."""
+    if isinstance(remat, bool):
+        return None
+    if remat == "block":
+        return max(1, math.ceil(math.sqrt(steps)))
+    return max(1, min(remat, steps))
+
+
 def reduce_task_metrics(metrics: Metrics, axes: Any = 0) -> Metrics:
     """Per-task metrics to meta-batch metrics: `nonfinite_*` counts are summed over `axes`,
     everything else is averaged."""
@@ -137,8 +180,17 @@ class MetaLearner(abc.ABC):
         loop computes it anyway.
       truncation: meta-gradients flow through the last `truncation` inner steps only
         (truncated backpropagation; 1 <= truncation <= steps_inner). None: every step.
-      remat: recompute each inner step's activations in the backward pass instead of
-        storing them (`jax.checkpoint`): memory O(1) in the steps for ~1 extra forward.
+      remat: rematerialise the inner loop in the backward pass (`jax.checkpoint`)
+        instead of storing every step's residuals. False: store everything (memory
+        linear in the steps K). True: checkpoint each step alone; this saves the
+        activations inside a step but still keeps every step's params, which dominate
+        in MAML, so memory stays linear in K. "block": checkpoint blocks of
+        ceil(sqrt(K)) steps, keeping only the params at block boundaries plus one
+        block's residuals at a time: memory O(sqrt(K)) for about one extra forward pass
+        of the loop (Chen et al., "Training Deep Nets with Sublinear Memory Cost",
+        https://arxiv.org/abs/1604.06174, 2016). An int B: blocks of B steps
+        (1 <= B <= steps_inner; the last block takes the K mod B remaining steps).
+        Values are unchanged by any choice.
         `truncation` and `remat` act on the backward pass through the inner loop, so only
         learners with `gradient_through_inner_loop` (MAML, LearnedKernel) accept them;
         the others refuse them rather than ignore them.
@@ -213,7 +265,7 @@ class MetaLearner(abc.ABC):
         *,
         extra_metrics: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
     ) -> None:
         name = type(self).__name__
         if not isinstance(meta_model, MetaModule):
@@ -223,7 +275,6 @@ class MetaLearner(abc.ABC):
         _check_optimizer(optim_fn_outer, "optim_fn_outer")
         self.steps_inner = _check_steps(steps_inner, "steps_inner")
         self.extra_metrics = _check_bool(extra_metrics, "extra_metrics")
-        self.remat = _check_bool(remat, "remat")
         if truncation is not None:
             truncation = _check_steps(truncation, "truncation")
             if not 1 <= truncation <= self.steps_inner:
@@ -231,12 +282,15 @@ class MetaLearner(abc.ABC):
                     f"truncation={truncation} must lie in [1, steps_inner={self.steps_inner}]; use "
                     "None to backpropagate through every inner step."
                 )
-        if (truncation is not None or self.remat) and not self.gradient_through_inner_loop:
-            given = f"truncation={truncation}" if truncation is not None else "remat=True"
+        wants_remat = not (isinstance(remat, (bool, np.bool_)) and not remat)
+        if (truncation is not None or wants_remat) and not self.gradient_through_inner_loop:
+            given = f"truncation={truncation}" if truncation is not None else f"remat={remat!r}"
+            why = "" if truncation is not None else ": there is no backward pass through the loop to rematerialise"
             raise ValueError(
                 f"{name} takes no gradient through the inner loop, so {given} would change "
-                "nothing; drop it (ModelAgnosticMetaLearning and LearnedKernel use it)."
+                f"nothing{why}; drop it (ModelAgnosticMetaLearning and LearnedKernel use it)."
             )
+        self.remat = _check_remat(remat, self.steps_inner)
         self.truncation = truncation
         self.learned_optimizer = None
         if is_learned_optimizer(optim_fn_inner):
@@ -375,7 +429,7 @@ class MetaLearner(abc.ABC):
         *,
         accumulate_hgrads: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
         opt_state: Optional[optax.OptState] = None,
         return_opt_state: bool = False,
         return_trajectory: bool = False,
@@ -391,9 +445,9 @@ class MetaLearner(abc.ABC):
           energy: `energy(rng, state, params, hparams) -> (loss, (state, metrics))`.
           truncation: if set, meta-gradients flow only through the last `truncation`
             steps (truncated backpropagation through the loop).
-          remat: recompute each step's activations in the backward pass instead of
-            storing them (`jax.checkpoint`): memory O(1) in the steps for ~1 extra
-            forward pass.
+          remat: what the backward pass recomputes instead of storing (see
+            `MetaLearner`): False nothing, True each step, "block" blocks of
+            ceil(sqrt(steps)) steps, an int B blocks of B steps (1 <= B <= steps).
           opt_state: the optimiser state to continue from (default `optimizer.init(params)`),
             so a trajectory can be run in segments.
           return_opt_state: also return the final optimiser state.
@@ -416,6 +470,7 @@ class MetaLearner(abc.ABC):
                 "use None to backpropagate through every step."
             )
         cut = None if truncation is None or truncation == steps else steps - truncation
+        block = remat_block_length(_check_remat(remat, steps, "steps"), steps)
 
         def step(carry, inputs):
             index, rng_step = inputs
@@ -435,11 +490,14 @@ class MetaLearner(abc.ABC):
 
         hgrads_sum = jax.tree_util.tree_map(jnp.zeros_like, hparams) if accumulate_hgrads else None
         opt_state = optimizer.init(params) if opt_state is None else opt_state
-        body = jax.checkpoint(step) if remat else step
+        carry = (state, params, opt_state, hgrads_sum)
         inputs = (jnp.arange(steps), jax.random.split(rng, steps))
-        (state, params, opt_state, hgrads_sum), outputs = jax.lax.scan(
-            body, (state, params, opt_state, hgrads_sum), inputs
-        )
+        if block is None:
+            body = jax.checkpoint(step) if remat else step
+            carry, outputs = jax.lax.scan(body, carry, inputs)
+        else:
+            carry, outputs = scan_in_blocks(step, carry, inputs, block)
+        state, params, opt_state, hgrads_sum = carry
         losses, trajectory = outputs if return_trajectory else (outputs, None)
         result = (state, params, losses, hgrads_sum)
         if return_opt_state:
@@ -461,7 +519,8 @@ class MetaLearner(abc.ABC):
         """Runs `steps` inner-optimiser steps on `dataset` (one task's support set).
 
         The learner's `truncation` and `remat` apply here (a loop shorter than
-        `truncation` runs untruncated: truncation only cuts gradients).
+        `truncation` runs untruncated: truncation only cuts gradients; a remat block
+        longer than the loop is cut to its length).
 
         Returns:
           `((state, params), metrics)` with `loss_inner_init` (the loss before the first
@@ -482,10 +541,17 @@ class MetaLearner(abc.ABC):
         energy = self.support_energy(hstate, dataset)
         state, params, losses, _ = self.descend(
             rng_steps, state, params, hparams, energy, self.inner_optimizer(hparams), steps,
-            truncation=truncation, remat=self.remat,
+            truncation=truncation, remat=self._remat_for(steps),
         )
         state = self.settle_state(jax.random.fold_in(rng_final, 1), state, hstate, params, hparams, dataset)
         return (state, params), self.inner_metrics(rng_final, state, hstate, params, hparams, dataset, losses)
+
+    def _remat_for(self, steps: int) -> Remat:
+        """The learner's `remat` for a loop of `steps` (eval may run longer or shorter
+        loops than `steps_inner`): an int block is capped at the loop's length."""
+        if isinstance(self.remat, bool) or self.remat == "block":
+            return self.remat
+        return min(self.remat, max(steps, 1))
 
     def settle_state(
         self, rng: jax.Array, state: State, hstate: HState, params: Params, hparams: HParams, dataset: Dataset
@@ -626,6 +692,29 @@ class MetaLearner(abc.ABC):
         if not per_task:
             metrics = reduce_task_metrics(metrics)
         return (outcome.state, outcome.params), metrics
+
+
+def scan_in_blocks(step: Callable, carry: Any, inputs: Any, block: int) -> tuple[Any, Any]:
+    """`jax.lax.scan(step, carry, inputs)` with the backward pass rematerialised in blocks.
+
+    The steps are cut into `len // block` blocks of `block` steps plus, if `block` does
+    not divide the length, a last block of the remaining steps. Each block is one
+    `jax.checkpoint`-ed scan, so the backward pass keeps only the carries at block
+    boundaries and recomputes one block's forward pass at a time: with B = sqrt(K) the
+    memory of a K-step loop is O(sqrt(K)) carries instead of O(K), for about one extra
+    forward pass. Values and gradients equal the plain scan's.
+    """
+    length = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    full, rest = divmod(length, block)
+    run_block = jax.checkpoint(lambda carry, xs: jax.lax.scan(step, carry, xs))
+    head = jax.tree_util.tree_map(lambda x: x[: full * block].reshape(full, block, *x.shape[1:]), inputs)
+    carry, outputs = jax.lax.scan(run_block, carry, head)
+    outputs = jax.tree_util.tree_map(lambda y: y.reshape(full * block, *y.shape[2:]), outputs)
+    if rest:
+        tail = jax.tree_util.tree_map(lambda x: x[full * block :], inputs)
+        carry, tail_outputs = run_block(carry, tail)
+        outputs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), outputs, tail_outputs)
+    return carry, outputs
 
 
 def _hparams_fields(hparams: Any) -> Optional[tuple[str, ...]]:

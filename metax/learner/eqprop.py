@@ -19,7 +19,7 @@ from typing import Optional
 import jax
 import optax
 
-from metax.learner.base import MetaLearner, _check_optimizer, _check_positive, _check_steps
+from metax.learner.base import MetaLearner, Remat, _check_optimizer, _check_positive, _check_steps
 from metax.module.base import MetaModule
 from metax.utils import append_keys, tree_scale, tree_sub
 
@@ -55,7 +55,7 @@ class EquilibriumPropagation(MetaLearner):
         *,
         extra_metrics: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
     ) -> None:
         self.beta = _check_positive(beta, "beta", "the nudging strength")
         super().__init__(

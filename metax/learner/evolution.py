@@ -17,14 +17,16 @@ Lange. "evosax: JAX-based Evolution Strategies", 2022, https://arxiv.org/abs/221
 import inspect
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-import evosax.algorithms
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from metax.data import MetaDataset
-from metax.learner.base import MetaLearner, MetaLearnerState, reduce_task_metrics
+from metax.learner.base import MetaLearner, MetaLearnerState, Remat, reduce_task_metrics
+from metax.learner.contract import float_dtype
 from metax.module.base import MetaModule
 from metax.utils import tree_mean_keep_dtype
 
@@ -72,13 +74,20 @@ class EvolutionState(NamedTuple):
     strategy_params: Any  # evosax params (fixed hyperparameters of the strategy)
 
 
+def evosax_algorithms():
+    """`evosax.algorithms`, imported on first use: importing it creates JAX arrays, which
+    starts the XLA backend, and `jax.distributed.initialize` (multi-host runs) must come
+    before that."""
+    return importlib.import_module("evosax.algorithms")
+
+
 def strategy_class(algorithm: str) -> type:
     """The evosax class for a current or legacy name.
 
     Raises:
       ValueError: for an unknown name, listing the valid ones.
     """
-    table = evosax.algorithms.algorithms
+    table = evosax_algorithms().algorithms
     name = LEGACY_NAMES.get(algorithm, algorithm)
     if name not in table:
         raise ValueError(
@@ -98,7 +107,7 @@ def _uses_elites(cls: type) -> bool:
 
 
 def _is_cma(cls: type) -> bool:
-    return issubclass(cls, evosax.algorithms.CMA_ES)
+    return issubclass(cls, evosax_algorithms().CMA_ES)
 
 
 class EvolutionEngine:
@@ -163,28 +172,38 @@ class EvolutionEngine:
 
     def init(self, rng: jax.Array, hparams: Any, rng_population: Optional[jax.Array] = None) -> EvolutionState:
         """The strategy's state around `hparams` (a population-based strategy's first
-        population is drawn around them with `rng_population`, not yet scored)."""
+        population is drawn around them with `rng_population`, not yet scored), in
+        `hparams`' float dtype."""
         strategy = self.strategy(hparams)
-        params = self.params(strategy)
+        dtype = float_dtype(hparams)
+        params = _strongly_typed(self.params(strategy), dtype)
         if self.population_based:
             rng_population = jax.random.fold_in(rng, 1) if rng_population is None else rng_population
             flat = strategy._ravel_solution(hparams)
             noise = jax.random.normal(rng_population, (strategy.population_size, flat.size), flat.dtype)
             population = jax.vmap(strategy._unravel_solution)(flat + self.init_std * noise)
             fitness = jnp.full((strategy.population_size,), jnp.inf, flat.dtype)
-            return EvolutionState(_strongly_typed(strategy.init(rng, population, fitness, params)), params)
-        return EvolutionState(_strongly_typed(strategy.init(rng, hparams, params)), params)
+            return EvolutionState(_strongly_typed(strategy.init(rng, population, fitness, params), dtype), params)
+        return EvolutionState(_strongly_typed(strategy.init(rng, hparams, params), dtype), params)
+
+    def ask(self, rng: jax.Array, optim: EvolutionState, template: Any) -> tuple[Any, Any]:
+        """The strategy's next population (leaves `(members, *template_leaf.shape)`) in the
+        dtypes of `template`'s leaves, and the strategy state after asking."""
+        population, state = self.strategy(template).ask(rng, optim.strategy_state, optim.strategy_params)
+        # evosax draws its noise in JAX's default float (float64 under jax_enable_x64),
+        # which would promote every member's inner loop from float32 to float64.
+        population = jax.tree_util.tree_map(lambda member, leaf: member.astype(jnp.result_type(leaf)), population, template)
+        return population, state
 
     def generation(
         self, rng_ask: jax.Array, rng_tell: jax.Array, optim: EvolutionState, template: Any, score: Callable
     ) -> tuple[EvolutionState, jax.Array, Any]:
         """Ask for a population, `score(population) -> (fitness, aux)` it (lower is
         better), tell the strategy. Returns the new state, the fitness and `aux`."""
-        strategy = self.strategy(template)
-        population, state = strategy.ask(rng_ask, optim.strategy_state, optim.strategy_params)
+        population, state = self.ask(rng_ask, optim, template)
         fitness, aux = score(population)
-        state, _ = strategy.tell(rng_tell, population, fitness, state, optim.strategy_params)
-        return EvolutionState(_strongly_typed(state), optim.strategy_params), fitness, aux
+        state, _ = self.strategy(template).tell(rng_tell, population, fitness, state, optim.strategy_params)
+        return EvolutionState(_strongly_typed(state, float_dtype(template)), optim.strategy_params), fitness, aux
 
     def solution(self, optim: EvolutionState, template: Any) -> Any:
         """The hparams the meta-state carries: the mean or the best member (`report`)."""
@@ -194,11 +213,20 @@ class EvolutionEngine:
         return strategy._unravel_solution(optim.strategy_state.best_solution)
 
 
-def _strongly_typed(tree: Any) -> Any:
-    """evosax fills some state fields with Python scalars (weakly typed) at init or in
-    `tell`, and others not. Fixing every leaf's type keeps a jitted update from compiling
-    twice (once for the initial state, once for every later one)."""
-    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype=jnp.result_type(leaf)), tree)
+def _strongly_typed(tree: Any, dtype: Any) -> Any:
+    """`tree` with every leaf an array of a fixed type, floating leaves in `dtype`.
+
+    evosax fills some state fields with Python scalars (weakly typed) at init or in `tell`,
+    and others not; fixing every leaf's type keeps a jitted update from compiling twice
+    (once for the initial state, once for every later one). Its defaults and fresh arrays
+    take JAX's default float (float64 under jax_enable_x64): casting floating leaves to
+    the solution's dtype keeps a float32 search in float32."""
+
+    def typed(leaf):
+        leaf_dtype = jnp.result_type(leaf)
+        return jnp.asarray(leaf, dtype=dtype if jnp.issubdtype(leaf_dtype, jnp.floating) else leaf_dtype)
+
+    return jax.tree_util.tree_map(typed, tree)
 
 
 def population_hstate(hstates: Any) -> Any:
@@ -256,7 +284,7 @@ class Evosax(MetaLearner):
         report: Optional[str] = None,
         extra_metrics: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
     ) -> None:
         # The strategy is the outer optimiser: optim_fn_outer has nothing to do.
         super().__init__(

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import jax
 import optax
 
-from metax.learner.base import MetaLearner, _check_positive, _check_steps
+from metax.learner.base import MetaLearner, Remat, _check_positive, _check_steps
 from metax.learner.linear_solve import LinearSolve, get_linear_solver, neumann_series, solve_identity
 from metax.module.base import MetaModule
 from metax.utils import append_keys, tree_add, tree_scale, tree_sub
@@ -56,7 +56,7 @@ class ImplicitDifferentiation(MetaLearner):
         *,
         extra_metrics: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
     ) -> None:
         super().__init__(
             meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
@@ -120,7 +120,7 @@ class ConjugateGradient(ImplicitDifferentiation):
         *,
         extra_metrics: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
     ) -> None:
         super().__init__(
             meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
@@ -169,7 +169,7 @@ class RecurrentBackpropagation(ImplicitDifferentiation):
         *,
         extra_metrics: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
     ) -> None:
         super().__init__(
             meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,

@@ -8,7 +8,7 @@ comes from one of three estimators:
 - "backprop": through the unrolled inner loop, as MAML does (Andrychowicz et al.,
   "Learning to learn by gradient descent by gradient descent", NeurIPS 2016,
   https://arxiv.org/abs/1606.04474), optionally truncated to the last `truncation` steps
-  and with rematerialisation (memory O(1) in the steps).
+  and with rematerialisation (`remat="block"`: memory O(sqrt(K)) in the K steps).
 - "pes": Persistent Evolution Strategies (Vicol, Metz, Sohl-Dickstein, "Unbiased
   Gradient Estimation in Unrolled Computation Graphs with Persistent Evolution
   Strategies", ICML 2021, https://arxiv.org/abs/2112.13835), evosax's `PersistentES`.
@@ -34,21 +34,20 @@ segments of one trajectory are never interleaved with other trajectories.
 
 from typing import Any, NamedTuple, Optional
 
-import evosax.algorithms
 import jax
 import jax.numpy as jnp
 import optax
 
 from metax.data import MetaDataset
 from metax.kernel.base import is_learned_optimizer
-from metax.learner.base import MetaLearnerState, _check_steps
-from metax.learner.evolution import EvolutionEngine, generation_metrics, population_hstate
+from metax.learner.base import MetaLearnerState, Remat, _check_steps
+from metax.learner.evolution import EvolutionEngine, evosax_algorithms, generation_metrics, population_hstate
 from metax.learner.maml import ModelAgnosticMetaLearning
 from metax.module.base import MetaModule
 from metax.utils import append_keys
 
 ESTIMATORS = ("backprop", "pes", "noise_reuse")
-_STRATEGIES = {"pes": evosax.algorithms.PersistentES, "noise_reuse": evosax.algorithms.NoiseReuseES}
+_STRATEGIES = {"pes": "PersistentES", "noise_reuse": "NoiseReuseES"}  # evosax class names
 
 
 class InnerCarry(NamedTuple):
@@ -73,7 +72,8 @@ class LearnedKernel(ModelAgnosticMetaLearning):
       truncation: backprop: gradients flow through the last `truncation` inner steps
         only (the shared loop's option, see `MetaLearner`); ES: the length of a partial
         unroll (must divide `steps_inner`). None: the whole loop.
-      remat: backprop only: recompute each inner step in the backward pass.
+      remat: backprop only: what the backward pass recomputes (True: each step; "block" or
+        an int: blocks of steps; see `MetaLearner`).
       first_order: backprop only: treat inner gradients as constants.
       es_kwargs: ES only: `population_size` (even; default 16), `sigma_init` (the
         perturbation std, default 0.1) or `std_schedule`, `fitness_shaping_fn`.
@@ -95,7 +95,7 @@ class LearnedKernel(ModelAgnosticMetaLearning):
         *,
         estimator: str = "backprop",
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
         first_order: bool = False,
         es_kwargs: Optional[dict] = None,
         extra_metrics: bool = False,
@@ -118,7 +118,7 @@ class LearnedKernel(ModelAgnosticMetaLearning):
             )
             return
 
-        if remat or first_order:
+        if remat is not False or first_order:
             raise ValueError(f"remat and first_order apply to estimator='backprop'; {estimator!r} takes no gradient.")
         super().__init__(meta_model, batch_size, steps_inner, kernel, optim_fn_outer, extra_metrics=extra_metrics)
         if self.steps_inner < 1:
@@ -143,7 +143,7 @@ class LearnedKernel(ModelAgnosticMetaLearning):
             raise ValueError(f"estimator={estimator!r} samples antithetic pairs: population_size must be an even int >= 2, got {size!r}.")
         es_kwargs["optimizer"] = optim_fn_outer
         self.engine = EvolutionEngine(
-            _STRATEGIES[estimator], es_kwargs, fixed_params={"T": self.steps_inner, "K": self.unroll}, report="mean"
+            getattr(evosax_algorithms(), _STRATEGIES[estimator]), es_kwargs, fixed_params={"T": self.steps_inner, "K": self.unroll}, report="mean"
         )
 
     # -- ES over partial unrolls ------------------------------------------------------------
@@ -192,14 +192,12 @@ class LearnedKernel(ModelAgnosticMetaLearning):
         if self.estimator == "backprop":
             return super().update(rng, meta_state, metabatch)
         metabatch = self.check_metabatch("update", rng, meta_state, metabatch)
-        strategy = self.strategy(meta_state.hparams)
         num_tasks = metabatch.train.x.shape[0]
         over_tasks = jax.vmap(self._segment, in_axes=(0, None, None, 0, 0, None))
         over_members = jax.vmap(over_tasks, in_axes=(None, None, 0, None, 0, None))
 
         # Every member's carry, shaped (members, tasks, ...); the first segment replaces it.
-        es_state, es_params = meta_state.optim
-        population_shape = jax.eval_shape(lambda: strategy.ask(rng, es_state, es_params)[0])
+        population_shape = jax.eval_shape(lambda: self.engine.ask(rng, meta_state.optim, meta_state.hparams)[0])
         start = jax.vmap(jax.vmap(self._start, in_axes=(0, None, None, 0)), in_axes=(None, None, 0, None))
         carry_shape = jax.eval_shape(start, jax.random.split(rng, num_tasks), meta_state.hstate, population_shape, metabatch)
         carry = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)

@@ -15,7 +15,7 @@ from typing import Optional
 import jax
 import optax
 
-from metax.learner.base import MetaLearner, _check_bool
+from metax.learner.base import MetaLearner, Remat, _check_bool
 from metax.module.base import MetaModule
 
 
@@ -26,7 +26,8 @@ class ModelAgnosticMetaLearning(MetaLearner):
       meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer: see `MetaLearner`.
       first_order: stop gradients through the inner-loop gradients (FOMAML).
       extra_metrics, truncation, remat: see `MetaLearner` (truncated backpropagation
-        through the last `truncation` inner steps; rematerialised inner steps).
+        through the last `truncation` inner steps; `remat="block"` rematerialises blocks
+        of about sqrt(steps_inner) steps: memory O(sqrt(K)) instead of O(K)).
 
     Example:
       >>> learner = ModelAgnosticMetaLearning(meta_model, batch_size=None, steps_inner=5,
@@ -49,7 +50,7 @@ class ModelAgnosticMetaLearning(MetaLearner):
         *,
         extra_metrics: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
     ) -> None:
         super().__init__(
             meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,

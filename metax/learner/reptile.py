@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from metax.data import Dataset
-from metax.learner.base import MetaLearner
+from metax.learner.base import MetaLearner, Remat
 from metax.module.base import MetaModule
 from metax.utils import append_keys, get_field, set_field, tree_sub
 
@@ -51,7 +51,7 @@ class Reptile(MetaLearner):
         *,
         extra_metrics: bool = False,
         truncation: Optional[int] = None,
-        remat: bool = False,
+        remat: Remat = False,
     ) -> None:
         super().__init__(
             meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
