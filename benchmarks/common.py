@@ -63,6 +63,19 @@ def median_rate(run: Callable[[], None], work: float, windows: int = 5) -> float
     return statistics.median(rates)
 
 
+def interleaved_rates(runs: dict, work: dict, windows: int = 5) -> dict:
+    """Median `work[name] / seconds` per named `run` (each must block), timing one window of
+    every run in turn, `windows` times: on a shared machine a change of load then hits
+    every path alike instead of whichever happened to be timed at that moment."""
+    rates = {name: [] for name in runs}
+    for _ in range(windows):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            rates[name].append(work[name] / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
 def append_rows(section: str, header: Sequence[str], rows: Sequence[Sequence], note: Optional[str] = None) -> None:
     """Appends rows (each prefixed with the date and machine) to `section` of RESULTS.md,
     creating the section and its header the first time."""
@@ -82,3 +95,68 @@ def append_rows(section: str, header: Sequence[str], rows: Sequence[Sequence], n
         text = text[:start] + block + text[end:]
     with open(RESULTS, "w") as handle:
         handle.write(text)
+
+
+def time_runner_and_per_step(learner, sample_task, meta_batch: int, windows: int = 3, target_seconds: float = 0.5,
+                             seed: int = 0) -> dict:
+    """Times a learner two ways on tasks from `sample_task`, in the same process:
+
+    - runner: the compiled chunk of `metax.experiment.train` (`loop.make_chunk`, compiled
+      once, a `lax.while_loop` over meta-steps with tasks drawn on the device);
+    - per-step: `jax.jit(learner.update)` called once per meta-step, each meta-batch drawn
+      by a jitted sampler (what a user's own Python loop gets).
+
+    A window holds about `target_seconds` of meta-steps (calibrated on the runner). Returns
+    `{"runner", "per_step"}` (median meta-steps/s), `{"runner_compile", "per_step_compile"}`
+    (seconds: lowering + compiling the chunk; the first `update` call including its
+    compilation) and `"steps"` per window.
+    """
+    import numpy as np
+
+    from metax.data import sample_metabatch
+    from metax.experiment import loop
+
+    keys = loop.run_keys(seed)
+    carried = isinstance(sample_task, jax.tree_util.Partial)  # data-carrying samplers are arguments
+    draw = jax.jit(lambda k, s: sample_metabatch(k, s, meta_batch)) if carried else \
+        jax.jit(lambda k, s: sample_metabatch(k, sample_task, meta_batch))
+    sampler_arg = sample_task if carried else None
+    meta_state = learner.reset(keys.reset, jax.jit(lambda k, s: (s if carried else sample_task)(k))(keys.data, sampler_arg).train.x)
+    batch_shape = jax.eval_shape(lambda k: sample_metabatch(k, sample_task, meta_batch), keys.data)
+    probe = jax.eval_shape(learner.update, keys.update, meta_state, batch_shape)[1]
+    watch = loop._watched(probe, None)
+    out = {}
+
+    # Runner: one compilation for every chunk length; the buffer bounds a window's length.
+    buffer = loop.MAX_CHUNK
+    run_chunk = loop.make_chunk(learner, sample_task, meta_batch, keys, buffer, watch, probe)
+    start = time.perf_counter()
+    compiled = jax.jit(run_chunk, donate_argnums=0).lower(meta_state, np.int32(0), np.int32(1), sampler_arg).compile()
+    out["runner_compile"] = time.perf_counter() - start
+    state = {"meta": jax.tree_util.tree_map(lambda x: x.copy() if hasattr(x, "copy") else x, meta_state)}
+    for _ in range(2):  # the first call still pays one-time costs: calibrate on the second
+        tick = time.perf_counter()
+        state["meta"] = jax.block_until_ready(compiled(state["meta"], np.int32(0), np.int32(2), sampler_arg)[0])
+        per_step_s = (time.perf_counter() - tick) / 2
+    steps = int(max(2, min(buffer, target_seconds / max(per_step_s, 1e-6))))
+    out["steps"] = steps
+
+    def run_runner():
+        state["meta"] = jax.block_until_ready(compiled(state["meta"], np.int32(0), np.int32(steps), sampler_arg)[0])
+
+
+    # One jitted update per meta-step.
+    update = jax.jit(learner.update)
+    start = time.perf_counter()
+    state["step"] = jax.block_until_ready(update(keys.update, state["meta"], draw(keys.data, sampler_arg))[0])
+    out["per_step_compile"] = time.perf_counter() - start
+
+    def run_per_step(steps=steps):
+        meta = state["step"]
+        for i in range(steps):
+            meta, _ = update(jax.random.fold_in(keys.update, i), meta, draw(jax.random.fold_in(keys.data, i), sampler_arg))
+        state["step"] = jax.block_until_ready(meta)
+
+    run_per_step(2)  # warm: the eager key folding compiles on first use
+    out.update(interleaved_rates({"runner": run_runner, "per_step": run_per_step}, {"runner": steps, "per_step": steps}, windows))
+    return out

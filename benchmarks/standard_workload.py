@@ -14,7 +14,9 @@ outside, fresh tasks every step). Three paths, timed in the same run:
 - per-step: `jax.jit(learner.update)` called once per meta-step, tasks drawn by a jitted
   sampler (what a user's own Python loop gets).
 
-Each figure is the median meta-steps/s over timed windows after compilation. Appends
+Each figure is the median meta-steps/s over timed windows after compilation, the windows
+of the three paths interleaved (one of each in turn) so that the shared machine's load
+changes hit all three alike. Appends
 rows to RESULTS.md ("Standard workload").
 """
 
@@ -30,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import append_rows, median_rate, peak_memory_mib  # noqa: E402
+from common import append_rows, interleaved_rates, peak_memory_mib  # noqa: E402
 
 HIDDEN = (40, 40)
 SHOTS = 10
@@ -126,15 +128,13 @@ def measure(steps_inner, first_order, meta_batch, chunk, windows):
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     carry = (params, zeros, zeros, jnp.int32(0))
     fused = jax.jit(ref_chunk, static_argnums=2)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     carry = jax.block_until_ready(fused(carry, 0, chunk))[0]
-    ref_compile = time.perf_counter() - start
+    ref_compile = (time.perf_counter() - start, time.process_time() - cpu)
     state = {"carry": carry}
 
     def run_reference():
         state["carry"] = jax.block_until_ready(fused(state["carry"], 0, chunk))[0]
-
-    reference = median_rate(run_reference, chunk, windows)
 
     # The runner's compiled chunk.
     learner = metax_learner(steps_inner, first_order)
@@ -144,15 +144,13 @@ def measure(steps_inner, first_order, meta_batch, chunk, windows):
     batch = jax.eval_shape(lambda k: metax.data.sample_metabatch(k, sample, meta_batch), keys.data)
     shapes = jax.eval_shape(learner.update, keys.update, meta_state, batch)[1]
     run_chunk = loop.make_chunk(learner, sample, meta_batch, keys, chunk, ["loss_outer", "gradnorm_outer"], shapes)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     compiled = jax.jit(run_chunk, donate_argnums=0).lower(meta_state, np.int32(0), np.int32(1)).compile()
-    runner_compile = time.perf_counter() - start
+    runner_compile = (time.perf_counter() - start, time.process_time() - cpu)
     state["meta"] = compiled(meta_state, np.int32(0), np.int32(chunk))[0]
 
     def run_runner():
         state["meta"] = jax.block_until_ready(compiled(state["meta"], np.int32(0), np.int32(chunk))[0])
-
-    runner = median_rate(run_runner, chunk, windows)
 
     # One jitted update per meta-step.
     update = jax.jit(learner.update)
@@ -165,8 +163,16 @@ def measure(steps_inner, first_order, meta_batch, chunk, windows):
             meta, _ = update(jax.random.fold_in(keys.update, i), meta, draw(jax.random.fold_in(keys.data, i)))
         state["step"] = jax.block_until_ready(meta)
 
-    per_step = median_rate(run_per_step, chunk, windows)
-    return reference, runner, per_step, ref_compile, runner_compile
+    # Windows of the three paths interleaved: a change of load on a shared machine hits all three.
+    runs = {"reference": run_reference, "runner": run_runner, "per_step": run_per_step}
+    rates = interleaved_rates(runs, dict.fromkeys(runs, chunk), windows)
+    return rates["reference"], rates["runner"], rates["per_step"], ref_compile, runner_compile
+
+
+def seconds(wall_cpu) -> str:
+    """`wall (cpu)`: on a shared machine the process's CPU seconds are the steadier figure
+    (XLA compiles on one thread, so on an idle machine the two agree)."""
+    return f"{wall_cpu[0]:.2f} ({wall_cpu[1]:.2f} cpu)"
 
 
 def main(argv=None) -> int:
@@ -185,8 +191,8 @@ def main(argv=None) -> int:
                 k, order == "first", args.meta_batch, args.chunk, args.windows
             )
             row = [f"{'SO' if order == 'second' else 'FO'}-MAML K={k} mb={args.meta_batch}", f"{reference:.0f}", f"{runner:.0f}",
-                   f"{runner / reference:.2f}", f"{per_step:.0f}", f"{per_step / runner:.2f}", f"{runner_compile:.2f}",
-                   f"{ref_compile:.2f}"]
+                   f"{runner / reference:.2f}", f"{per_step:.0f}", f"{per_step / runner:.2f}", seconds(runner_compile),
+                   seconds(ref_compile)]
             print(" | ".join(row), flush=True)
             rows.append(row)
     if not args.no_record:
