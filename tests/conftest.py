@@ -4,12 +4,20 @@ import contextlib
 import os
 import tempfile
 
-import haiku as hk
-import jax
-import jax.numpy as jnp
-import pytest
+# The suite's programs are tiny and mostly run a few steps, so XLA's compile time is most
+# of its cost: its CPU backend at optimisation level 0 compiles them about a third faster
+# (measured: conformance + configs + maml files 243 s -> 158 s, cold cache). Set before
+# jax starts its backend; subprocesses the tests start inherit it. Numerics tests compare
+# against independent computations with tolerances that hold at any level.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
-import metax
+import haiku as hk  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+import metax  # noqa: E402
 
 # Compiled programs are shared between tests (and later runs of the suite): many tests
 # build the same tiny learners. The cache key is the program, so a stale entry never

@@ -371,7 +371,10 @@ def run_battery(name, learner, optimizer, eager):
     grad = jax.jit(learner.grad)
     grads = [grad(rngs[i], state.hstate, state.hparams, task(batch, i))[0] for i in range(len(rngs))]
     mean_grad = np.mean([flat(g) for g in grads], axis=0)
-    np.testing.assert_allclose(flat(new_state.hparams), flat(state.hparams) - mean_grad, rtol=1e-9, atol=1e-12)
+    # CG on an ill-conditioned or indefinite Hessian (GainMod, ANIL) amplifies the rounding
+    # of a differently fused program to ~1e-8 (benchmarks/RESULTS.md, numerics per learner).
+    loop_rtol = 1e-7 if name == "cg" else 1e-9
+    np.testing.assert_allclose(flat(new_state.hparams), flat(state.hparams) - mean_grad, rtol=loop_rtol, atol=1e-12)
     # Task 0's meta-gradient against the independent computation.
     assert np.linalg.norm(flat(expected)) > 1e-6
     np.testing.assert_allclose(flat(grads[0]), flat(expected), rtol=1e-6, atol=1e-9)

@@ -48,7 +48,7 @@ def single(tmp_path):
 
 def test_four_devices_reach_the_single_device_meta_state(single, tmp_path):
     config, reference = single
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
     done = subprocess.run(command(config, tmp_path / "four", "--devices", "4"), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for a, b in zip(reference, final_leaves(tmp_path / "four")):
