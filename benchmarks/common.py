@@ -43,14 +43,12 @@ def rss_mib() -> float:
 
 
 def peak_memory_mib() -> float:
-    """Peak device memory on an accelerator, else the process's peak resident memory."""
-    device = jax.devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" and hasattr(device, "memory_stats") else None
-    if stats and "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20
-    import resource
+    """Peak device memory on an accelerator, else the process's peak resident memory (the
+    runner's own measurement, `metax.experiment.loop.peak_memory_mib`, as one number)."""
+    from metax.experiment.loop import peak_memory_mib as peaks
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = peaks()
+    return peak.get("device", peak["host_rss"])
 
 
 def median_rate(run: Callable[[], None], work: float, windows: int = 5) -> float:
