@@ -76,7 +76,7 @@ def check_metabatch(metabatch: Any, name: str = "metabatch") -> None:
     Shapes are static under `jit`, so this runs (once) at trace time.
 
     Raises:
-      TypeError: if it is not a `MetaDataset` of `Dataset`s.
+      TypeError: if it is not a `MetaDataset` of `Dataset` pairs.
       ValueError: if a leaf lacks the task axis or the task counts disagree.
     """
     if not isinstance(metabatch, MetaDataset):

@@ -30,10 +30,9 @@ def _concatenate(a: Dataset, b: Dataset) -> Dataset:
 class Reptile(MetaLearner):
     """Reptile over a module with a learned initialisation (e.g. `LearnedInit`).
 
-    Args:
-      meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics,
-        truncation, remat: see `MetaLearner` (Reptile takes no gradient through the
-        inner loop, so it refuses truncation and remat).
+    The arguments (`meta_model`, `batch_size`, `steps_inner`, `optim_fn_inner`,
+    `optim_fn_outer`, `extra_metrics`, `truncation`, `remat`) are `MetaLearner`'s; Reptile
+    takes no gradient through the inner loop, so it refuses truncation and remat.
 
     Raises:
       ValueError: at construction, if the module has no initialisation to move.

@@ -49,7 +49,7 @@ class MetaModule(abc.ABC):
 
     @property
     def init_keys(self) -> dict[str, str]:
-        """`{params_field: hparams_field}` for params whose starting value is an hparam.
+        """``{params_field: hparams_field}`` for params whose starting value is an hparam.
 
         Learners that move an initialisation (Reptile) need this to be non-empty; implicit
         learners refuse to learn these hparams unless `anchors_init` says the inner loss
