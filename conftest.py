@@ -22,14 +22,44 @@ except ImportError:
 collect_ignore = ["docs/conf.py", "docs/_ext", "docs/_build"]
 
 
+_EXAMPLE_NAMES = {}
+
+
+def example_names() -> dict:
+    """The names every example may use without defining them (built once per process).
+
+    Besides the imports: `meta_model`, a `LearnedInit` over a tiny MLP for 1-D regression;
+    `metabatch`, two sinusoid tasks with 5 support and 5 query points each; `sample_input`,
+    one task's support inputs (what `MetaLearner.reset` takes); `rng`, a PRNG key.
+    """
+    if not _EXAMPLE_NAMES:
+        import haiku as hk
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        import optax
+
+        import metax
+
+        sample_task = metax.data.make_task_sampler("sinusoid", shots_train=5, shots_test=5)
+        metabatch = jax.jit(lambda key: metax.data.sample_metabatch(key, sample_task, 2))(jax.random.PRNGKey(0))
+        meta_model = metax.module.LearnedInit(
+            loss_fn_inner=metax.energy.SquaredError(),
+            loss_fn_outer=metax.energy.SquaredError(),
+            base_learner=metax.models.MultilayerPerceptron([8, 1]),
+            output_dim=1,
+        )
+        _EXAMPLE_NAMES.update(
+            jax=jax, jnp=jnp, np=np, hk=hk, optax=optax, metax=metax,
+            meta_model=meta_model, metabatch=metabatch, sample_input=metabatch.train.x[0],
+            rng=jax.random.PRNGKey(42),
+        )
+    return _EXAMPLE_NAMES
+
+
 @pytest.fixture(autouse=True)
-def _doctest_names(doctest_namespace):
-    import haiku as hk
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-
-    import metax
-
-    doctest_namespace.update(jax=jax, jnp=jnp, np=np, hk=hk, optax=optax, metax=metax)
+def _doctest_names(request):
+    # Only doctests get the names (and pay for building them), not the ordinary tests.
+    if request.node.__class__.__name__ == "DoctestItem":
+        namespace = request.getfixturevalue("doctest_namespace")
+        namespace.update(example_names())

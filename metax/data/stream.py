@@ -28,10 +28,14 @@ class MetaBatchStream:
 
     Users add a task distribution by writing one pure function, no subclassing:
 
-    >>> def sample_task(key):
-    ...     ...  # return metax.data.MetaDataset(train=Dataset(x, y), test=Dataset(x, y))
-    >>> stream = MetaBatchStream(sample_task, meta_batch_size=25, rng=jax.random.PRNGKey(0))
-    >>> metabatch = next(iter(stream))
+    >>> def sample_task(key):  # a random line through the origin, 10 points
+    ...     slope = jax.random.normal(key)
+    ...     x = jnp.linspace(-1.0, 1.0, 10)[:, None]
+    ...     data = metax.data.Dataset(x, slope * x)
+    ...     return metax.data.MetaDataset(train=data, test=data)
+    >>> stream = metax.data.MetaBatchStream(sample_task, meta_batch_size=4, rng=jax.random.PRNGKey(0))
+    >>> next(iter(stream)).train.x.shape
+    (4, 10, 1)
 
     The sampler is compiled once; each batch uses a fresh key folded from `rng` and the
     batch index, so iterating twice gives the same batches.

@@ -70,7 +70,7 @@ class CoordinatewiseKernel(LearnedOptimizer):
         metric instead, which costs nothing and never raises.
 
     Example:
-      >>> kernel = CoordinatewiseKernel(hidden_sizes=(16,), step_size=0.01)
+      >>> kernel = metax.kernel.CoordinatewiseKernel(hidden_sizes=(16,), step_size=0.01)
       >>> learner = metax.learner.LearnedKernel(meta_model, None, 10, kernel, optax.adam(1e-3))
     """
 

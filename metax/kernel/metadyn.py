@@ -108,9 +108,13 @@ class MetadynamicKernel(hk.Module):
       `(batch, state_dim)`, or `(delta_z, memory)` when `memory_size > 0`.
 
     Example:
+      >>> from metax.kernel import MetadynamicKernel
+      >>> z, grad = jnp.zeros((1, 32)), jnp.ones((1, 32))
       >>> f_psi = hk.without_apply_rng(hk.transform(lambda z, g: MetadynamicKernel(32, 32)(z, g)))
       >>> psi = f_psi.init(jax.random.PRNGKey(0), z, grad)
-      >>> delta_z = f_psi.apply(psi, z, grad)   # == -0.1 * grad before training
+      >>> delta_z = f_psi.apply(psi, z, grad)
+      >>> bool(jnp.allclose(delta_z, -0.1 * grad, atol=1e-6))  # untrained: a small gradient step
+      True
     """
 
     def __init__(
