@@ -61,12 +61,27 @@ def set_field(container: Any, key: str, value: Any) -> Any:
 
 
 def tree_add(a: Any, b: Any) -> Any:
+    """Leafwise `a + b` of two pytrees of the same structure.
+
+    >>> metax.utils.tree_add({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([0.5, 0.5])})
+    {'w': Array([1.5, 2.5], dtype=float32)}
+    """
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
 def tree_sub(a: Any, b: Any) -> Any:
+    """Leafwise `a - b` of two pytrees of the same structure.
+
+    >>> metax.utils.tree_sub({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([0.5, 0.5])})
+    {'w': Array([0.5, 1.5], dtype=float32)}
+    """
     return jax.tree_util.tree_map(jnp.subtract, a, b)
 
 
 def tree_scale(tree: Any, factor: Any) -> Any:
+    """Every leaf of `tree` times `factor` (a scalar, or an array that broadcasts).
+
+    >>> metax.utils.tree_scale({"w": jnp.array([1.0, 2.0])}, 0.5)
+    {'w': Array([0.5, 1. ], dtype=float32)}
+    """
     return jax.tree_util.tree_map(lambda leaf: leaf * factor, tree)
