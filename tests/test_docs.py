@@ -268,11 +268,8 @@ WITHOUT_EXAMPLE = {
     "utils.append_keys",
     "utils.get_field",
     "utils.set_field",
-    "utils.tree_add",
     "utils.tree_length",
     "utils.tree_mean_keep_dtype",
-    "utils.tree_scale",
-    "utils.tree_sub",
 }
 
 
