@@ -38,7 +38,12 @@ _EPS = 1e-8
 
 
 class CoordinatewiseState(NamedTuple):
-    """State of `CoordinatewiseKernel`'s transformation (pytrees shaped like params)."""
+    """State of `CoordinatewiseKernel`'s transformation (pytrees shaped like params).
+
+    Example:
+      >>> metax.kernel.CoordinatewiseState._fields
+      ('momenta', 'second_moment', 'count')
+    """
 
     momenta: tuple  # one params-shaped pytree per decay: running averages of the gradient
     second_moment: Any  # params-shaped: running average of the squared gradient

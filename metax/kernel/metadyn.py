@@ -57,6 +57,14 @@ def finite_gradient_guard(grads: Any, step: jax.Array, name: str, dtype: Any) ->
     batched); the error then reaches the caller as the same ValueError, possibly wrapped
     in a `jax.errors.JaxRuntimeError`. Multiplying the update by the returned 1 keeps
     the check from being compiled away; its derivative is zero.
+
+    Example:
+      >>> metax.kernel.finite_gradient_guard({"w": jnp.ones(2)}, jnp.array(0), "demo", jnp.float32)
+      Array(1., dtype=float32)
+      >>> metax.kernel.finite_gradient_guard({"w": jnp.array([jnp.nan])}, jnp.array(3), "demo", jnp.float32)
+      Traceback (most recent call last):
+        ...
+      ValueError: ...
     """
     leaves = jax.tree_util.tree_leaves(grads)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
@@ -200,7 +208,12 @@ class MetadynamicKernel(hk.Module):
 
 
 class MetadynamicState(NamedTuple):
-    """State of `MetadynamicOptimizer`'s transformation."""
+    """State of `MetadynamicOptimizer`'s transformation.
+
+    Example:
+      >>> metax.kernel.MetadynamicState._fields
+      ('memory', 'count')
+    """
 
     memory: jax.Array  # (batch, memory_size): the kernel's recurrent memory ((batch, 0) without one)
     count: jax.Array  # int32 scalar: the inner step about to be taken
@@ -224,6 +237,15 @@ class MetadynamicOptimizer(LearnedOptimizer):
         infinite gradient. Under `jit` the check is a host callback on every inner step
         (see `finite_gradient_guard`); in training read the learner's `nonfinite_inner`
         metric instead, which costs nothing and never raises.
+
+    Example:
+      >>> kernel = metax.kernel.MetadynamicOptimizer(state_dim=4, hidden_sizes=(8,))
+      >>> params = jnp.zeros((2, 4))  # two latent vectors, updated row by row
+      >>> theta = kernel.init(jax.random.PRNGKey(0), params)
+      >>> rule = kernel.optimizer(theta)
+      >>> updates, _ = rule.update(jnp.ones((2, 4)), rule.init(params), params)
+      >>> bool(jnp.allclose(updates, -0.1 * jnp.ones((2, 4)), atol=1e-6))  # untrained: a 0.1 step
+      True
     """
 
     def __init__(
