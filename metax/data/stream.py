@@ -9,7 +9,14 @@ from metax.data.tasks import SampleTask
 
 
 def sample_metabatch(rng: jax.Array, sample_task: SampleTask, meta_batch_size: int) -> MetaDataset:
-    """Draws `meta_batch_size` tasks in one vmapped call; leaves get a leading task axis."""
+    """Draws `meta_batch_size` tasks in one vmapped call; leaves get a leading task axis.
+
+    Example:
+      >>> sample_task = metax.data.make_task_sampler("sinusoid", shots_train=5, shots_test=5)
+      >>> batch = jax.jit(lambda key: metax.data.sample_metabatch(key, sample_task, 8))(jax.random.PRNGKey(0))
+      >>> batch.train.x.shape
+      (8, 5, 1)
+    """
     return jax.vmap(sample_task)(jax.random.split(rng, meta_batch_size))
 
 

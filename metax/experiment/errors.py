@@ -9,6 +9,13 @@ class ConfigError(ValueError):
 
     The message says which key or file is at fault and what to do instead; the `metax`
     command prints it without a traceback and exits with status 2.
+
+    Example:
+      >>> try:
+      ...     metax.experiment.registry("learners").get("mamll")
+      ... except metax.experiment.ConfigError as error:
+      ...     print("did you mean 'maml'" in str(error))
+      True
     """
 
 

@@ -184,7 +184,14 @@ _current_source = ["metax"]
 
 
 def registry(kind: str) -> Registry:
-    """The registry of `kind` ("learners" or "learner", "modules", "tasks", ...)."""
+    """The registry of `kind` ("learners" or "learner", "modules", "tasks", ...).
+
+    Example:
+      >>> "maml" in metax.experiment.registry("learners")
+      True
+      >>> [p.name for p in metax.experiment.registry("tasks").get("sinusoid").params]
+      ['shots_train', 'shots_test']
+    """
     return REGISTRIES[_kind(kind)]
 
 
@@ -213,6 +220,13 @@ def register(
     `base_learner` / `base_model` (the network with its readout), `body` (the network
     without it), `hidden_dims`, `output_dim`, `input_shape`; a task's `split` ("train"
     or "test"). Every other parameter is a config key, typed by its annotation.
+
+    Example:
+      >>> @metax.experiment.register("optimizer", "docs_sgd_half", description="SGD at half the rate")
+      ... def sgd_half(learning_rate: float):
+      ...     return optax.sgd(learning_rate / 2)
+      >>> metax.experiment.registry("optimizer").get("docs_sgd_half").description
+      'SGD at half the rate'
     """
     kind = _kind(kind)
 
