@@ -10,7 +10,20 @@ import os
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+# The same persistent compilation cache as tests/conftest.py, so a doctest run alone (e.g.
+# `pytest metax docs`) reuses compiled programs across examples and runs too.
+os.environ.setdefault("METAX_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), f"metax-pytest-jax-cache-{os.getuid()}"))
+
+
+def pytest_configure(config):
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ["METAX_COMPILATION_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 # Modules that import optional dependencies at import time; skipped by doctest collection
 # when the dependency is missing rather than failing it.

@@ -120,7 +120,7 @@ def family(rng: jax.Array, shots_train: int, shots_test: int) -> MetaDataset:
     """One task from a uniformly chosen family of five; `info["family"]` holds its id.
 
     Example:
-      >>> task = metax.data.family(jax.random.PRNGKey(0), shots_train=10, shots_test=10)
+      >>> task = jax.eval_shape(lambda key: metax.data.family(key, 10, 10), jax.random.PRNGKey(0))
       >>> task.train.info["family"].shape  # the family's id, per sample
       (10,)
     """
