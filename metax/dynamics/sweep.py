@@ -15,7 +15,6 @@ import dataclasses
 import glob
 import json
 import os
-import tempfile
 import time
 from typing import NamedTuple, Optional
 
@@ -24,7 +23,7 @@ import numpy as np
 from metax.dynamics.data import ClassificationData, load_classification_data
 from metax.dynamics.spec import RunConfig, SpecError, SweepSpec
 from metax.dynamics.training import steps_per_epoch, train_runs
-from metax.experiment.io import write_json_atomic  # the submodule: safe while metax.experiment initialises
+from metax.utils.io import save_npz_atomic, write_json_atomic
 
 SPEC_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"
@@ -93,23 +92,10 @@ def _prepare_folder(spec: SweepSpec, out_dir: str, resume: bool) -> None:
 def _write_run(out_dir: str, run: RunConfig, config: dict, arrays: dict) -> None:
     """Writes one run's npz under a temporary name, then publishes it without overwriting."""
     final = run_path(out_dir, run.run_id)
-    folder = os.path.dirname(final)
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp.npz", delete=False) as handle:
-        tmp = handle.name
-        try:
-            np.savez(handle, config=np.asarray(json.dumps(config)), **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            handle.close()
-            os.unlink(tmp)
-            raise
     try:
-        os.link(tmp, final)  # atomic, and fails if a result is already there
+        save_npz_atomic(final, {"config": np.asarray(json.dumps(config)), **arrays}, overwrite=False)
     except FileExistsError:
         raise FileExistsError(f"{final} appeared while this sweep ran; it was left as it was.") from None
-    finally:
-        os.unlink(tmp)
 
 
 def load_run(path: str) -> RunLog:

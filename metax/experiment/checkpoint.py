@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from metax.experiment.errors import ConfigError
+from metax.utils.io import dumps_json, save_npz_atomic
 
 _NAME = re.compile(r"^step_(\d{9})\.npz$")
 _META_KEY = "__checkpoint__"
@@ -29,19 +30,6 @@ _META_KEY = "__checkpoint__"
 
 def checkpoint_path(directory: str, step: int) -> str:
     return os.path.join(directory, f"step_{step:09d}.npz")
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def save_checkpoint(directory: str, step: int, tree: Any, record: Optional[dict] = None, keep: int = 3) -> str:
@@ -54,20 +42,9 @@ def save_checkpoint(directory: str, step: int, tree: Any, record: Optional[dict]
     leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(jax.device_get(tree))]
     arrays = {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}
     record = {**(record or {}), "step": int(step), "leaves": len(leaves)}
-    arrays[_META_KEY] = np.frombuffer(json.dumps(record).encode(), dtype=np.uint8)
+    arrays[_META_KEY] = np.frombuffer(dumps_json(record, indent=None).encode(), dtype=np.uint8)
     path = checkpoint_path(directory, step)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(directory)
+    save_npz_atomic(path, arrays)  # synced, renamed, and the folder synced after the rename
     prune_checkpoints(directory, keep)
     return path
 

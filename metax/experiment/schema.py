@@ -21,22 +21,9 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from metax.experiment.constraints import NonNegative, NonNegativeFloat, NonNegativeInt, Positive, PositiveFloat, PositiveInt  # noqa: F401
 from metax.experiment.errors import ConfigError, did_you_mean, unknown_name
 from metax.experiment.registry import REQUIRED, Entry, load_plugin, registry
-
-
-class Positive:
-    """`Annotated[int, Positive]`: the value must be > 0."""
-
-
-class NonNegative:
-    """`Annotated[int, NonNegative]`: the value must be >= 0."""
-
-
-PositiveInt = Annotated[int, Positive]
-NonNegativeInt = Annotated[int, NonNegative]
-PositiveFloat = Annotated[float, Positive]
-NonNegativeFloat = Annotated[float, NonNegative]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,14 +7,10 @@ resumed run writes them again) by rewriting the file under a temporary name.
 
 import csv
 import json
-import math
 import os
 from typing import Iterable, Optional
 
-
-def _number(value):
-    value = float(value)
-    return value if math.isfinite(value) else str(value)  # JSON has no nan / inf
+from metax.utils.io import atomic_write, dumps_json
 
 
 class MetricsWriter:
@@ -40,20 +36,16 @@ class MetricsWriter:
                 kept = lines[:1] + [line for line in lines[1:] if _csv_step(line) < step]
             else:
                 kept = [line for line in lines if line.strip() and _json_step(line) < step]
-            temporary = path + ".tmp"
-            with open(temporary, "w", newline="") as handle:
+            with atomic_write(path, newline="") as handle:
                 handle.writelines(kept)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
 
     def write(self, rows: Iterable[dict]) -> None:
-        rows = [{key: (value if key == "step" else _number(value)) for key, value in row.items()} for row in rows]
+        rows = [{key: (value if key == "step" else float(value)) for key, value in row.items()} for row in rows]
         if not rows:
             return
         with open(self.jsonl, "a") as handle:
             for row in rows:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(dumps_json(row, indent=None) + "\n")  # non-finite: null; the CSV keeps nan / inf
             handle.flush()
         if self.columns is None:
             self.columns = list(rows[0])
