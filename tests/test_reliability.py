@@ -2,10 +2,10 @@
 --debug-nans names the operation, runs are deterministic."""
 
 import json
-import textwrap
 
 import numpy as np
 
+from conftest import tiny_config
 from metax.experiment import checkpoint as ckpt
 from metax.experiment.cli import main
 
@@ -33,24 +33,16 @@ import jax  # noqa: E402
 metax.experiment.register("optimizer", "poisoned_sgd_{tag}", poisoned_sgd)
 '''
 
-CONFIG = """
-plugins: [poison.py]
-task: {{name: sinusoid, shots_train: 5, shots_test: 5}}
-model: {{name: mlp, hidden_dims: [8]}}
-module: {{name: learned_init}}
-learner:
-  name: maml
-  steps_inner: 1
-  optim_fn_inner: {{name: sgd, learning_rate: 0.05}}
-  optim_fn_outer: {{name: poisoned_sgd_{tag}, learning_rate: 0.01, after: 7}}
-train: {{steps: 20, meta_batch_size: 2, checkpoint_every: 5, chunk: 4}}
-eval: {{tasks: 2}}
-"""
+CONFIG = "plugins: [poison.py]" + tiny_config(
+    "{steps: 20, meta_batch_size: 2, checkpoint_every: 5, chunk: 4}",
+    steps_inner=1,
+    optim_fn_outer="{name: poisoned_sgd_{tag}, learning_rate: 0.01, after: 7}",
+)
 
 
 def setup(tmp_path, tag):
     (tmp_path / "poison.py").write_text(PLUGIN.replace("{tag}", tag))
-    (tmp_path / "config.yaml").write_text(CONFIG.format(tag=tag))
+    (tmp_path / "config.yaml").write_text(CONFIG.replace("{tag}", tag))
     return str(tmp_path / "config.yaml")
 
 
@@ -78,20 +70,7 @@ def test_debug_nans_names_the_first_bad_operation(tmp_path, capsys):
 
 
 def test_same_seed_same_bits_other_seed_other_tasks(tmp_path):
-    text = textwrap.dedent(
-        """
-        task: {name: sinusoid, shots_train: 5, shots_test: 5}
-        model: {name: mlp, hidden_dims: [8]}
-        module: {name: learned_init}
-        learner:
-          name: maml
-          steps_inner: 2
-          optim_fn_inner: {name: sgd, learning_rate: 0.05}
-          optim_fn_outer: {name: adam, learning_rate: 0.01}
-        train: {steps: 6, meta_batch_size: 3, eval_every: 3}
-        eval: {tasks: 4}
-        """
-    )
+    text = tiny_config("{steps: 6, meta_batch_size: 3, eval_every: 3}", "{tasks: 4}")
     (tmp_path / "c.yaml").write_text(text)
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / name), "--no-progress", "--no-plots",
@@ -103,18 +82,12 @@ def test_same_seed_same_bits_other_seed_other_tasks(tmp_path):
     assert first("a")["loss_outer"] != first("c")["loss_outer"]  # other tasks from the first step on
 
 
-KILL_CONFIG = """
-task: {name: sinusoid, shots_train: 5, shots_test: 5}
-model: {name: mlp, hidden_dims: [64, 64]}
-module: {name: learned_init}
-learner:
-  name: maml
-  steps_inner: 1
-  optim_fn_inner: {name: sgd, learning_rate: 0.05}
-  optim_fn_outer: {name: adam, learning_rate: 0.001}
-train: {steps: 400, meta_batch_size: 2, checkpoint_every: 1, chunk: 1, keep_checkpoints: 2}
-eval: {tasks: 2}
-"""
+KILL_CONFIG = tiny_config(
+    "{steps: 400, meta_batch_size: 2, checkpoint_every: 1, chunk: 1, keep_checkpoints: 2}",
+    steps_inner=1,
+    hidden_dims="[64, 64]",
+    optim_fn_outer="{name: adam, learning_rate: 0.001}",
+)
 
 
 def _latest_step(folder):

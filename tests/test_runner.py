@@ -12,22 +12,12 @@ import pytest
 import scipy.stats
 
 import metax
+from conftest import tiny_config
 from metax.experiment import checkpoint as ckpt
 from metax.experiment.cli import main
 from metax.experiment.loop import run_keys
 
-TINY = """
-task: {name: sinusoid, shots_train: 5, shots_test: 5}
-model: {name: mlp, hidden_dims: [8]}
-module: {name: learned_init}
-learner:
-  name: maml
-  steps_inner: 2
-  optim_fn_inner: {name: sgd, learning_rate: 0.05}
-  optim_fn_outer: {name: adam, learning_rate: 0.01}
-train: {steps: 12, meta_batch_size: 3, checkpoint_every: 4, eval_every: 6}
-eval: {tasks: 6, batch_size: 4, plot_tasks: 2}
-"""
+TINY = tiny_config("{steps: 12, meta_batch_size: 3, checkpoint_every: 4, eval_every: 6}", "{tasks: 6, batch_size: 4, plot_tasks: 2}")
 
 
 def write(path, text):
