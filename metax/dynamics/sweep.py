@@ -85,7 +85,7 @@ def _prepare_folder(spec: SweepSpec, out_dir: str, resume: bool) -> None:
             )
     os.makedirs(os.path.join(out_dir, RUNS_DIR), exist_ok=True)
     for debris in glob.glob(os.path.join(out_dir, RUNS_DIR, "*.tmp*")):
-        os.unlink(debris)  # a write interrupted before its rename: never a result
+        os.unlink(debris)  # a write interrupted before its rename (this version's names and older ones): never a result
     write_json_atomic(spec_path, {"spec": spec.to_dict(), "signature": spec.training_signature()})
 
 

@@ -11,7 +11,6 @@ Restoring needs a template of the same structure (the runner rebuilds it from th
 config): leaves are matched in order and checked for shape and dtype.
 """
 
-import glob
 import json
 import os
 import re
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 
 from metax.experiment.errors import ConfigError
+from metax.utils.io import clean_temporary  # noqa: F401  (the runner cleans its checkpoint folder with it)
 from metax.utils.io import dumps_json, save_npz_atomic
 
 _NAME = re.compile(r"^step_(\d{9})\.npz$")
@@ -70,14 +70,6 @@ def prune_checkpoints(directory: str, keep: int) -> None:
     """Removes all but the newest `keep` checkpoints."""
     for _, path in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         os.unlink(path)
-
-
-def clean_temporary(directory: str) -> list[str]:
-    """Removes temporary files a killed writer left behind; returns their paths."""
-    leftovers = glob.glob(os.path.join(glob.escape(directory), "*.tmp-*"))
-    for path in leftovers:
-        os.unlink(path)
-    return leftovers
 
 
 def read_record(path: str) -> dict:

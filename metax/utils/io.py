@@ -22,6 +22,7 @@ data caches): it imports nothing from metax.
 """
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "atomic_write",
+    "clean_temporary",
     "dumps_json",
     "finite_or_none",
     "fsync_directory",
@@ -88,6 +90,15 @@ def atomic_write(path: str, mode: str = "w", *, overwrite: bool = True, newline:
         if os.path.exists(temporary):
             os.unlink(temporary)  # a failed write leaves neither a partial file nor debris
         raise
+
+
+def clean_temporary(directory: str) -> list[str]:
+    """Removes the temporary files a killed writer left in `directory`; returns their paths.
+    Only the folder's owner may call it, at a start, when no writer of its own is running."""
+    leftovers = glob.glob(os.path.join(glob.escape(directory), "*" + TEMPORARY_MARK + "*"))
+    for path in leftovers:
+        os.unlink(path)
+    return leftovers
 
 
 def fsync_directory(directory: str) -> None:
