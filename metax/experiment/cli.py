@@ -405,7 +405,11 @@ def _distributed(args) -> None:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
-    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    # A peer that dies must not leave the others in a barrier for minutes (JAX's defaults:
+    # 100 s without heartbeats, 300 s at shutdown) before they abort: fail within ~20 s.
+    timeout = int(os.environ.get("METAX_DISTRIBUTED_TIMEOUT", "20"))
+    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
+                               heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout)
 
 
 def _default_out(name: str) -> str:
