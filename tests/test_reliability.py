@@ -112,7 +112,7 @@ learner:
   steps_inner: 1
   optim_fn_inner: {name: sgd, learning_rate: 0.05}
   optim_fn_outer: {name: adam, learning_rate: 0.001}
-train: {steps: 400, meta_batch_size: 2, checkpoint_every: 1, chunk: 1, keep_checkpoints: 2}
+train: {steps: 150, meta_batch_size: 2, checkpoint_every: 1, chunk: 1, keep_checkpoints: 2}
 eval: {tasks: 2}
 """
 
@@ -174,6 +174,6 @@ def test_sigkill_at_random_moments_loses_at_most_the_unsaved_steps_and_resumes_e
         if name != "__checkpoint__":
             np.testing.assert_array_equal(whole[name], resumed[name])
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(400))
+    assert steps == list(range(150))
     assert not list(checkpoints.glob("*.tmp-*"))
     assert os.path.exists(out / "summary.json")

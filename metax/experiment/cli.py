@@ -319,9 +319,10 @@ def _run_locked(config, experiment, out, resuming, resume, recorded, progress, d
         if primary:
             log_event(out, "nonfinite", message=str(error))
         raise RunError(f"{error} To resume with lower learning rates: {lower_rate_command(out, config.to_dict())}") from error
-    except Interrupted as error:
+    except KeyboardInterrupt as error:  # Interrupted (a checkpoint saved), or Ctrl-C while plotting
         if primary:
-            log_event(out, "interrupted", signal=error.name, step=error.step, checkpoint=error.checkpoint)
+            log_event(out, "interrupted", signal=getattr(error, "name", "SIGINT"), step=getattr(error, "step", None),
+                      checkpoint=getattr(error, "checkpoint", None))
         error.folder = out
         raise
     _print_summary(result.summary)
@@ -449,7 +450,7 @@ def _run_seeds(config, experiment, out: str, seeds: int, resume: bool, args) -> 
             print(f"== seed {seeded.seed} ({offset + 1}/{seeds})")
             experiment = experiment if offset == 0 else build(seeded)
             _run_one(seeded, experiment, folder, resume, not args.no_progress, args.debug_nans, not args.no_plots)
-    except Interrupted as error:
+    except KeyboardInterrupt as error:
         error.folder = out  # `metax resume` of the seeds folder continues every seed
         raise
     print(compare_runs([out], out))
@@ -480,7 +481,7 @@ def command_resume(args) -> int:
                 trace(experiment)
                 _run_one(config, experiment, os.path.join(folder, name), True, not args.no_progress, args.debug_nans,
                          not args.no_plots)
-        except Interrupted as error:
+        except KeyboardInterrupt as error:
             error.folder = folder
             raise
         print(compare_runs([folder], folder))

@@ -392,7 +392,7 @@ def train(
     signals = StopRequests()
     try:
         signals.__enter__()
-        if step == 0:
+        if step == 0 and initial_eval is None:  # (a run stopped at step 0 has it in its checkpoint)
             first = record_eval(0, meta_state)
             initial_eval = {k: v for k, v in first.items() if k != "step"}
             bar.set_postfix_str(f"held-out {_headline(first)}")
