@@ -123,6 +123,23 @@ def enable_compilation_cache() -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the `metax` command; returns its exit status."""
+    code = _main(argv)
+    if code != 0 and _JOINED[0]:
+        # A failed process of a multi-process run (often: a peer died and a collective
+        # failed) would wait in JAX's shutdown barrier for the dead peer, then abort with
+        # SIGABRT: leave now, with the message already printed and the status it earned.
+        print("metax: this process of a multi-process run stops now; if another process died, its log says why.",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+_JOINED = [False]  # whether this process joined a multi-process run (jax.distributed)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     enable_compilation_cache()
@@ -411,6 +428,7 @@ def _distributed(args) -> None:
     timeout = int(os.environ.get("METAX_DISTRIBUTED_TIMEOUT", "20"))
     jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
                                heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout)
+    _JOINED[0] = True
 
 
 def _default_out(name: str) -> str:
