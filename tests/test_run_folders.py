@@ -289,6 +289,7 @@ def test_a_run_folder_plugin_resolves_against_the_folder(finished, tmp_path, mon
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["eval", str(run)]) == 0
+    assert main(["resume", str(run), "--no-progress", "--no-plots"]) == 0  # the same plugin, found in the folder
 
 
 def _wait_for(predicate, child, seconds=120):

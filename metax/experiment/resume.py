@@ -40,6 +40,14 @@ def _is_rate(path: str) -> bool:
     return path.rsplit(".", 1)[-1] == "learning_rate"
 
 
+def _same_files(a: Any, b: Any) -> bool:
+    """Plugin lists naming the same files, found at another path (a moved run folder)."""
+    import os
+
+    names = lambda paths: [os.path.basename(p) for p in paths] if isinstance(paths, list) else paths
+    return names(a) == names(b)
+
+
 def fingerprints(config: dict, recorded: Optional[dict] = None) -> tuple[str, ...]:
     """The checkpoint fingerprints this config accepts, the one to write first: a hash
     of the config without the keys a resume may change (so an extended run or one
@@ -47,7 +55,8 @@ def fingerprints(config: dict, recorded: Optional[dict] = None) -> tuple[str, ..
     recorded config, which older metax versions wrote."""
     import yaml
 
-    stable = {path: value for path, value in _flatten(config).items() if path != STEPS_KEY and not _is_rate(path)}
+    changeable = lambda path: path in (STEPS_KEY, "plugins") or _is_rate(path)  # plugins: where, not what
+    stable = {path: value for path, value in _flatten(config).items() if not changeable(path)}
     found = [hashlib.sha256(repr(sorted(stable.items())).encode()).hexdigest()[:16]]
     if recorded is not None:
         text = yaml.safe_dump(recorded, sort_keys=False, default_flow_style=None)
@@ -67,7 +76,7 @@ def resume_changes(folder: str, recorded: dict, wanted: dict) -> list[dict]:
     accepted, refused = [], []
     for path in sorted(set(old) | set(new)):
         a, b = old.get(path, "<unset>"), new.get(path, "<unset>")
-        if a == b:
+        if a == b or (path == "plugins" and _same_files(a, b)):
             continue
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
         if path == STEPS_KEY and numbers and b > a:
