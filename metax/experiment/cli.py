@@ -25,7 +25,7 @@ import traceback
 from typing import Optional, Sequence
 
 from metax.experiment.errors import ConfigError, RunError
-from metax.experiment.signals import Interrupted, raise_on_sigterm
+from metax.experiment.signals import Interrupted, install_handlers
 
 EXIT_USAGE = 2
 EXIT_RUN = 3
@@ -143,7 +143,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     enable_compilation_cache()
-    raise_on_sigterm()
+    install_handlers()
     try:
         args = _parser().parse_args(argv)
         if args.command is None:

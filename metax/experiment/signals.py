@@ -15,6 +15,7 @@ import threading
 from typing import Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PENDING: list = [None]  # a signal raised outside the loops, in case something swallowed it
 
 
 class Interrupted(KeyboardInterrupt):
@@ -39,7 +40,9 @@ class StopRequests:
     handlers, so elsewhere this does nothing (signals keep their usual effect)."""
 
     def __init__(self) -> None:
-        self.signum: Optional[int] = None
+        # A signal whose KeyboardInterrupt was swallowed earlier (JAX ignores one raised in
+        # its garbage-collection callback) still stops the loop at its first check.
+        self.signum: Optional[int] = _PENDING[0]
         self._previous: dict = {}
 
     def __enter__(self) -> "StopRequests":
@@ -56,7 +59,7 @@ class StopRequests:
     def _note(self, signum: int, frame) -> None:
         if self.signum is not None:  # asked twice: stop now, without the checkpoint
             raise Interrupted(signum)
-        self.signum = signum
+        self.signum = _PENDING[0] = signum
 
     @property
     def requested(self) -> bool:
@@ -68,12 +71,16 @@ class StopRequests:
             raise Interrupted(self.signum)
 
 
-def raise_on_sigterm() -> None:
-    """Makes SIGTERM behave like Ctrl-C outside the loops (an `Interrupted`, exit 143)
-    instead of killing the process silently, which would skip every cleanup."""
+def install_handlers() -> None:
+    """Outside the loops, SIGINT and SIGTERM raise `Interrupted` (exit 130 / 143; SIGTERM
+    would otherwise kill the process silently, skipping every cleanup) and are remembered,
+    so that one swallowed on the way still stops the next loop."""
+    _PENDING[0] = None
     if threading.current_thread() is threading.main_thread():
 
         def handler(signum, frame):
+            _PENDING[0] = signum
             raise Interrupted(signum)
 
-        signal.signal(signal.SIGTERM, handler)
+        for signum in SIGNALS:
+            signal.signal(signum, handler)
