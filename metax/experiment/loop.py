@@ -464,6 +464,8 @@ def train(
         "platform": platform.platform(),
         "jax": jax.__version__,
     }
+    if not plots:
+        summary["plots"] = []  # none asked for; a summary without the key lost its plots to a kill
     history_arrays = {key: np.concatenate(parts) for key, parts in history.items()}
     if writes:
         save(step, meta_state)
