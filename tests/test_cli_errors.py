@@ -133,7 +133,7 @@ def test_corrupt_checkpoint_and_unwritable_folder(tmp_path, capsys, monkeypatch)
     capsys.readouterr()
     checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
     checkpoints[-1].write_bytes(b"not a zip file")
-    assert_refused(["eval", str(tmp_path / "run")], "cannot be read", capsys, tmp_path)
+    assert_refused(["eval", str(tmp_path / "run")], "is damaged (not a complete zip archive)", capsys, tmp_path)
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

@@ -16,7 +16,7 @@ import glob
 import json
 import os
 import time
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -114,13 +114,18 @@ def load_sweep(out_dir: str) -> list[RunLog]:
     return [load_run(path) for path in paths]
 
 
-def run_sweep(spec: SweepSpec, out_dir: str, *, resume: bool = False, progress: bool = True) -> SweepResult:
+def run_sweep(
+    spec: SweepSpec, out_dir: str, *, resume: bool = False, progress: bool = True, on_epoch: Optional[Callable[[int], None]] = None
+) -> SweepResult:
     """Trains every run of `spec` that `out_dir` does not already hold and writes its logs.
 
     Runs sharing an architecture and optimiser train in parallel under `jax.vmap`; a tqdm
     bar counts finished runs and estimates the time left. Existing results are never
     overwritten: without `resume` a folder that already holds a sweep is an error; with it,
     finished runs are skipped (and a changed training signature is an error).
+
+    `on_epoch(epochs_done)` is called between compiled epochs (the `metax` command stops
+    there on a signal: an exception it raises leaves every finished run's file in place).
 
     Returns:
       a `SweepResult` naming the runs trained by this call and the runs skipped.
@@ -150,6 +155,7 @@ def run_sweep(spec: SweepSpec, out_dir: str, *, resume: bool = False, progress: 
                 epochs=spec.epochs,
                 batch_size=spec.batch_size,
                 val_every=spec.val_every,
+                on_epoch=on_epoch,
             )
             for index, run in enumerate(members):
                 config = {
