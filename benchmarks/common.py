@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 
 import jax
 
+from metax.utils.io import write_text_atomic
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 
@@ -91,8 +93,7 @@ def append_rows(section: str, header: Sequence[str], rows: Sequence[Sequence], n
         end = len(text) if end < 0 else end
         block = text[start:end].rstrip("\n") + "\n" + "\n".join(lines) + "\n"
         text = text[:start] + block + text[end:]
-    with open(RESULTS, "w") as handle:
-        handle.write(text)
+    write_text_atomic(RESULTS, text)  # an interrupted benchmark never truncates the results file
 
 
 def time_runner_and_per_step(learner, sample_task, meta_batch: int, windows: int = 3, target_seconds: float = 0.5,

@@ -24,7 +24,6 @@ float32 to tolerances derived from this table.
 
 import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -42,6 +41,8 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import test_conformance as conformance  # noqa: E402 (the pairs, learners and modules)
 from common import RESULTS, machine  # noqa: E402
+
+from metax.utils.io import dumps_json, write_text_atomic  # noqa: E402
 
 DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ES_LEARNERS = {"evosax": 0.05, "learned_kernel_pes": 0.01}  # name -> sigma_init in the conformance suite
@@ -246,8 +247,7 @@ def write_section(text: str) -> None:
         start = current.index(title)
         end = current.find("\n## ", start + len(title))
         current = current[:start] + (current[end:] if end >= 0 else "")
-    with open(RESULTS, "w") as handle:
-        handle.write(current.rstrip("\n") + "\n" + title + "\n" + text.rstrip("\n") + "\n")
+    write_text_atomic(RESULTS, current.rstrip("\n") + "\n" + title + "\n" + text.rstrip("\n") + "\n")
 
 
 def main(argv=None) -> int:
@@ -282,8 +282,7 @@ def main(argv=None) -> int:
         f"Worst float32 error per learner: {summary(rows)}. All numbers: `benchmarks/numerics.json`."
     )
     write_section(note + "\n\n" + table(rows))
-    with open(args.out, "w") as handle:
-        json.dump({"machine": machine(), "seconds": seconds, "rows": rows}, handle, indent=1)
+    write_text_atomic(args.out, dumps_json({"machine": machine(), "seconds": seconds, "rows": rows}, indent=1))
     print(f"{len(rows)} cases in {seconds:.0f} s; wrote {RESULTS} and {args.out}")
     return 0
 

@@ -1,7 +1,11 @@
 """metax: a functional meta-learning framework in JAX and Haiku."""
 
+# Any order works: each floor imports the floors it builds on itself (the runner,
+# `experiment`, imports the library; nothing in the library imports the runner).
 from metax import data
+from metax import dynamics
 from metax import energy
+from metax import experiment
 from metax import kernel
 from metax import learner
 from metax import models
@@ -9,12 +13,6 @@ from metax import module
 from metax import parallel
 from metax import tilt
 from metax import utils
-
-# Last: the runner builds on every part above.
-from metax import experiment  # noqa: E402
-
-# After the runner: sweeps write their files with its atomic writer.
-from metax import dynamics  # noqa: E402
 
 __version__ = "0.1.0"
 

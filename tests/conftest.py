@@ -69,3 +69,28 @@ def sinusoid_batch(seed, tasks, shots_train=6, shots_test=5, dtype=None):
     if dtype is not None:
         batch = jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, batch)
     return batch
+
+
+def tiny_config(
+    train: str = "{steps: 3, meta_batch_size: 2}",
+    eval: str = "{tasks: 2}",
+    *,
+    steps_inner: int = 2,
+    hidden_dims: str = "[8]",
+    optim_fn_outer: str = "{name: adam, learning_rate: 0.01}",
+) -> str:
+    """The suite's tiny runner config as YAML text: MAML on a learned initialisation of an
+    8-unit MLP, 5-shot sinusoids. The runner's tests vary only the `train` and `eval`
+    sections and a few learner settings, so one copy serves them all."""
+    return f"""
+task: {{name: sinusoid, shots_train: 5, shots_test: 5}}
+model: {{name: mlp, hidden_dims: {hidden_dims}}}
+module: {{name: learned_init}}
+learner:
+  name: maml
+  steps_inner: {steps_inner}
+  optim_fn_inner: {{name: sgd, learning_rate: 0.05}}
+  optim_fn_outer: {optim_fn_outer}
+train: {train}
+eval: {eval}
+"""

@@ -4,27 +4,14 @@ unless --debug, and nothing already on disk changed (nor anything new written)."
 import hashlib
 import os
 import pathlib
-import textwrap
 
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from metax.experiment.cli import main
 
-GOOD = textwrap.dedent(
-    """
-    task: {name: sinusoid, shots_train: 5, shots_test: 5}
-    model: {name: mlp, hidden_dims: [8]}
-    module: {name: learned_init}
-    learner:
-      name: maml
-      steps_inner: 2
-      optim_fn_inner: {name: sgd, learning_rate: 0.05}
-      optim_fn_outer: {name: adam, learning_rate: 0.01}
-    train: {steps: 3, meta_batch_size: 2}
-    eval: {tasks: 2}
-    """
-)
+GOOD = tiny_config()
 
 
 def edit(old, new):
@@ -146,7 +133,7 @@ def test_corrupt_checkpoint_and_unwritable_folder(tmp_path, capsys, monkeypatch)
     capsys.readouterr()
     checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
     checkpoints[-1].write_bytes(b"not a zip file")
-    assert_refused(["eval", str(tmp_path / "run")], "cannot be read", capsys, tmp_path)
+    assert_refused(["eval", str(tmp_path / "run")], "is damaged (not a complete zip archive)", capsys, tmp_path)
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

@@ -5,28 +5,15 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from metax.experiment import checkpoint as ckpt
 from metax.experiment.cli import main
 
-CONFIG = textwrap.dedent(
-    """
-    task: {name: sinusoid, shots_train: 5, shots_test: 5}
-    model: {name: mlp, hidden_dims: [8]}
-    module: {name: learned_init}
-    learner:
-      name: maml
-      steps_inner: 2
-      optim_fn_inner: {name: sgd, learning_rate: 0.05}
-      optim_fn_outer: {name: adam, learning_rate: 0.01}
-    train: {steps: 8, meta_batch_size: 4, checkpoint_every: 4}
-    eval: {tasks: 4}
-    """
-)
+CONFIG = tiny_config("{steps: 8, meta_batch_size: 4, checkpoint_every: 4}", "{tasks: 4}")
 
 
 def final_leaves(folder):

@@ -12,22 +12,12 @@ import pytest
 import scipy.stats
 
 import metax
+from conftest import tiny_config
 from metax.experiment import checkpoint as ckpt
 from metax.experiment.cli import main
 from metax.experiment.loop import run_keys
 
-TINY = """
-task: {name: sinusoid, shots_train: 5, shots_test: 5}
-model: {name: mlp, hidden_dims: [8]}
-module: {name: learned_init}
-learner:
-  name: maml
-  steps_inner: 2
-  optim_fn_inner: {name: sgd, learning_rate: 0.05}
-  optim_fn_outer: {name: adam, learning_rate: 0.01}
-train: {steps: 12, meta_batch_size: 3, checkpoint_every: 4, eval_every: 6}
-eval: {tasks: 6, batch_size: 4, plot_tasks: 2}
-"""
+TINY = tiny_config("{steps: 12, meta_batch_size: 3, checkpoint_every: 4, eval_every: 6}", "{tasks: 6, batch_size: 4, plot_tasks: 2}")
 
 
 def write(path, text):
@@ -111,10 +101,17 @@ def test_eval_scores_every_held_out_task_and_summary_intervals_are_right(tmp_pat
     assert result.summary["held_out_baselines"]["support_mean"]["mean"] == pytest.approx(baseline.mean(), rel=1e-5)
 
 
-def test_run_writes_metrics_checkpoints_summary_and_plots(tmp_path):
-    config = write(tmp_path / "tiny.yaml", TINY)
-    out = tmp_path / "run"
-    assert main(["run", config, "--out", str(out), "--no-progress"]) == 0
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One uninterrupted run of TINY (with plots), shared by the tests that read it."""
+    folder = tmp_path_factory.mktemp("tiny")
+    config = write(folder / "tiny.yaml", TINY)
+    assert main(["run", config, "--out", str(folder / "run"), "--no-progress"]) == 0
+    return folder / "run"
+
+
+def test_run_writes_metrics_checkpoints_summary_and_plots(tiny_run, tmp_path):
+    out = tiny_run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(12))
     csv_lines = (out / "metrics.csv").read_text().splitlines()
@@ -136,9 +133,8 @@ def test_run_writes_metrics_checkpoints_summary_and_plots(tmp_path):
         np.testing.assert_array_equal(a[name], b[name]) if name != "__checkpoint__" else None
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_hparams_bitwise(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_uninterrupted_hparams_bitwise(tiny_run, tmp_path, monkeypatch):
     config = write(tmp_path / "tiny.yaml", TINY)
-    assert main(["run", config, "--out", str(tmp_path / "whole"), "--no-progress", "--no-plots"]) == 0
 
     # Interrupt right after the checkpoint of step 8 is on disk (as Ctrl-C would).
     save = ckpt.save_checkpoint
@@ -156,14 +152,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_hparams_bitwise(tmp_path, 
     assert main(["run", config, "--out", str(tmp_path / "cut"), "--no-progress", "--no-plots"]) == 2  # needs --resume
     assert main(["run", config, "--out", str(tmp_path / "cut"), "--no-progress", "--no-plots", "--resume"]) == 0
 
-    whole = np.load(ckpt.latest_checkpoint(tmp_path / "whole" / "checkpoints"))
+    whole = np.load(ckpt.latest_checkpoint(tiny_run / "checkpoints"))
     cut = np.load(ckpt.latest_checkpoint(tmp_path / "cut" / "checkpoints"))
     for name in whole.files:
         if name != "__checkpoint__":
             np.testing.assert_array_equal(whole[name], cut[name])
     rows = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert rows == list(range(12))  # no step lost or written twice
-    first = (tmp_path / "whole" / "metrics.jsonl").read_text()
+    first = (tiny_run / "metrics.jsonl").read_text()
     assert first == (tmp_path / "cut" / "metrics.jsonl").read_text()
     # Resuming a finished run does nothing.
     assert main(["run", config, "--out", str(tmp_path / "cut"), "--no-progress", "--resume"]) == 0

@@ -326,7 +326,7 @@ def run(args: argparse.Namespace, names: list[str], tilt: GaussianTilt) -> dict[
     out["refresh_sweep"] = _refresh_sweep(args, pc_names, k_sweep, tilt, config, out["kl_exact_samples"], bar)
     bar.close()
     out["runtime_s"] = time.perf_counter() - t_start
-    write_json_atomic(os.path.join(args.out, "metrics.json"), _finite_or_none(out))
+    write_json_atomic(os.path.join(args.out, "metrics.json"), out)  # NaN / inf are written as null
     return out
 
 
@@ -362,17 +362,6 @@ def _refresh_sweep(args, pc_names, key, tilt, config, out_floor, bar):
             fig.savefig(os.path.join(args.out, f"{kind}_kl_vs_refresh.png"), dpi=90)
             plt.close(fig)
     return sweep
-
-
-def _finite_or_none(x):
-    """The metrics with NaN / inf replaced by null (JSON has no such numbers)."""
-    if isinstance(x, dict):
-        return {k: _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite_or_none(v) for v in x]
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 def _summary(out: dict[str, Any]) -> str:

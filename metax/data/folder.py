@@ -14,10 +14,11 @@ path, size and modification time) and is rebuilt when the tree changes.
 import hashlib
 import json
 import os
-import tempfile
 from typing import Optional, Union
 
 import numpy as np
+
+from metax.utils.io import save_npz_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 CACHE_VERSION = 1
@@ -177,13 +178,4 @@ def _read_cache(path: str, fingerprint: str) -> Optional[tuple[np.ndarray, np.nd
 
 def _write_cache(path: str, x: np.ndarray, y: np.ndarray, names: list[str], fingerprint: str) -> None:
     """Writes beside `path` and renames, so a reader never sees half a cache."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
-        try:
-            np.savez(handle, x=x, y=y, class_names=np.asarray(names), fingerprint=np.asarray(fingerprint))
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, path)
+    save_npz_atomic(path, {"x": x, "y": y, "class_names": np.asarray(names), "fingerprint": np.asarray(fingerprint)})

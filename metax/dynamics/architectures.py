@@ -12,18 +12,15 @@ from typing import Callable
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 import optax
 
+from metax.models.activations import ACTIVATIONS as SHARED_ACTIVATIONS
 from metax.models.mlp import MultilayerPerceptron
 
 # Codes are logged per step and stored in the dataset: append, never reorder.
 KINDS = ("mlp", "conv")
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "gelu": jax.nn.gelu,
-    "elu": jax.nn.elu,
+    name: SHARED_ACTIVATIONS[name] for name in ("relu", "tanh", "gelu", "elu")  # the coded subset, in code order
 }
 # Each takes the learning rate as its first argument so `optax.inject_hyperparams` can move it.
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {

@@ -14,7 +14,6 @@ runs are of architectures the predictor never saw.
 
 import json
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 
 from metax.dynamics.architectures import ACTIVATION_NAMES, KINDS, OPTIMIZER_NAMES
 from metax.dynamics.sweep import RunLog
+from metax.utils.io import atomic_write
 
 SCHEMA_VERSION = 1
 _F32, _I32, _I8 = pa.float32(), pa.int32(), pa.int8()
@@ -173,17 +173,8 @@ def write_dataset(table: pa.Table, path: str, *, overwrite: bool = False) -> Non
     an existing file unless `overwrite`."""
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path.")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.parquet")
-    os.close(handle)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as handle:
+        pq.write_table(table, handle)
 
 
 def read_dataset(path: str) -> pa.Table:

@@ -18,12 +18,12 @@ share an architecture and optimiser train together under `jax.vmap`.
 """
 
 import dataclasses
-import difflib
 import itertools
 from typing import Any, Mapping, Optional
 
 from metax.dynamics.architectures import ACTIVATION_NAMES, KINDS, OPTIMIZER_NAMES, Architecture
 from metax.dynamics.data import DATASETS
+from metax.utils.names import did_you_mean
 
 _ARCH_KEYS = ("kind", "depth", "width", "activation")
 
@@ -169,8 +169,8 @@ def load_sweep_spec(path: str) -> SweepSpec:
 
 
 def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(str(name), list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(options)}."
+    hint = did_you_mean(name, options)  # the runner's suggestion rule, from the layer both use
+    return f"{hint}." if hint else f"; choose from {', '.join(options)}."
 
 
 def _check_keys(where: str, raw: Mapping, allowed) -> None:

@@ -15,16 +15,15 @@ import dataclasses
 import glob
 import json
 import os
-import tempfile
 import time
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
 from metax.dynamics.data import ClassificationData, load_classification_data
 from metax.dynamics.spec import RunConfig, SpecError, SweepSpec
 from metax.dynamics.training import steps_per_epoch, train_runs
-from metax.experiment.io import write_json_atomic  # the submodule: safe while metax.experiment initialises
+from metax.utils.io import save_npz_atomic, write_json_atomic
 
 SPEC_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"
@@ -86,30 +85,17 @@ def _prepare_folder(spec: SweepSpec, out_dir: str, resume: bool) -> None:
             )
     os.makedirs(os.path.join(out_dir, RUNS_DIR), exist_ok=True)
     for debris in glob.glob(os.path.join(out_dir, RUNS_DIR, "*.tmp*")):
-        os.unlink(debris)  # a write interrupted before its rename: never a result
+        os.unlink(debris)  # a write interrupted before its rename (this version's names and older ones): never a result
     write_json_atomic(spec_path, {"spec": spec.to_dict(), "signature": spec.training_signature()})
 
 
 def _write_run(out_dir: str, run: RunConfig, config: dict, arrays: dict) -> None:
     """Writes one run's npz under a temporary name, then publishes it without overwriting."""
     final = run_path(out_dir, run.run_id)
-    folder = os.path.dirname(final)
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp.npz", delete=False) as handle:
-        tmp = handle.name
-        try:
-            np.savez(handle, config=np.asarray(json.dumps(config)), **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            handle.close()
-            os.unlink(tmp)
-            raise
     try:
-        os.link(tmp, final)  # atomic, and fails if a result is already there
+        save_npz_atomic(final, {"config": np.asarray(json.dumps(config)), **arrays}, overwrite=False)
     except FileExistsError:
         raise FileExistsError(f"{final} appeared while this sweep ran; it was left as it was.") from None
-    finally:
-        os.unlink(tmp)
 
 
 def load_run(path: str) -> RunLog:
@@ -128,13 +114,18 @@ def load_sweep(out_dir: str) -> list[RunLog]:
     return [load_run(path) for path in paths]
 
 
-def run_sweep(spec: SweepSpec, out_dir: str, *, resume: bool = False, progress: bool = True) -> SweepResult:
+def run_sweep(
+    spec: SweepSpec, out_dir: str, *, resume: bool = False, progress: bool = True, on_epoch: Optional[Callable[[int], None]] = None
+) -> SweepResult:
     """Trains every run of `spec` that `out_dir` does not already hold and writes its logs.
 
     Runs sharing an architecture and optimiser train in parallel under `jax.vmap`; a tqdm
     bar counts finished runs and estimates the time left. Existing results are never
     overwritten: without `resume` a folder that already holds a sweep is an error; with it,
     finished runs are skipped (and a changed training signature is an error).
+
+    `on_epoch(epochs_done)` is called between compiled epochs (the `metax` command stops
+    there on a signal: an exception it raises leaves every finished run's file in place).
 
     Returns:
       a `SweepResult` naming the runs trained by this call and the runs skipped.
@@ -164,6 +155,7 @@ def run_sweep(spec: SweepSpec, out_dir: str, *, resume: bool = False, progress: 
                 epochs=spec.epochs,
                 batch_size=spec.batch_size,
                 val_every=spec.val_every,
+                on_epoch=on_epoch,
             )
             for index, run in enumerate(members):
                 config = {

@@ -5,6 +5,9 @@ calls (`build`), trains with `train`, and writes run folders (metrics, checkpoin
 summary, plots).
 """
 
+# The built-in names register on import, before anything can look one up or a plugin can
+# register beside them (the registry itself imports no registrations).
+from metax.experiment import builtins  # noqa: F401
 from metax.experiment.build import Experiment
 from metax.experiment.build import build
 from metax.experiment.components import ModelFactory

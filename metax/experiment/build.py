@@ -10,7 +10,9 @@ from typing import Callable
 
 import jax
 
-import metax
+import metax.data
+import metax.energy
+import metax.learner
 from metax.data import MetaDataset
 from metax.experiment.components import LOSSES, ModelFactory, TaskSpec
 from metax.experiment.errors import ConfigError

@@ -12,10 +12,14 @@ import haiku as hk
 import jax
 import optax
 
-import metax
+import metax.data
+import metax.kernel
+import metax.learner
+import metax.models
+import metax.module
 from metax.experiment.components import ModelFactory, TaskSpec
 from metax.experiment.registry import register
-from metax.experiment.schema import PositiveInt
+from metax.experiment.constraints import PositiveInt
 
 # -- tasks -----------------------------------------------------------------------------
 

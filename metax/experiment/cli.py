@@ -1,6 +1,7 @@
 """The `metax` command: run, evaluate, plot, validate, list and compare experiments.
 
     metax run CONFIG.yaml [--set key=value ...] [--out DIR] [--resume] [--seeds N]
+    metax resume RUN_DIR [--set train.steps=N ...]
     metax eval RUN_DIR [--tasks N] [--steps K]
     metax plot RUN_DIR
     metax validate CONFIG.yaml [--set key=value ...]
@@ -9,13 +10,13 @@
     metax sweep SPEC.yaml [--out DIR] [--resume]
 
 Exit status: 0 done; 2 bad input (a config, an argument, a folder), with a one-paragraph
-message and no traceback unless `--debug`; 3 a run stopped on a non-finite value; 130
-interrupted (resume with `--resume`).
+message and no traceback unless `--debug`; 3 a run stopped on a non-finite value; 130 /
+143 stopped by SIGINT / SIGTERM after saving a checkpoint (the message prints the
+`metax resume` command that continues it).
 """
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import traceback
 from typing import Optional, Sequence
 
 from metax.experiment.errors import ConfigError, RunError
+from metax.experiment.signals import Interrupted, install_handlers
 
 EXIT_USAGE = 2
 EXIT_RUN = 3
@@ -58,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--process-id", type=int, help="multi-host: this process's index (0 writes the files)")
     run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    resume = commands.add_parser("resume", help="continue a run folder (or a --seeds folder) with its own config")
+    resume.add_argument("run_dir", help="a folder written by `metax run`")
+    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a safe change: train.steps=N (more steps), or learning rates after a non-finite stop")
+    for flag, text in (("--no-progress", "no progress bar"), ("--no-plots", "write no plots"),
+                       ("--debug-nans", "step by step with jax_debug_nans")):
+        resume.add_argument(flag, action="store_true", help=text)
+    resume.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     evaluate = commands.add_parser("eval", help="score a run's newest checkpoint on held-out tasks")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--tasks", type=int, help="held-out tasks (default: the run's eval.tasks)")
@@ -87,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="held-out metrics of several runs with 95%% intervals")
     compare.add_argument("run_dirs", nargs="+", help="run folders, or folders of seed runs")
-    compare.add_argument("--out", help="where compare.md / .json / .png go (default: the runs' common parent)")
+    compare.add_argument("--out", help="a new or empty folder for compare.md / .json / .png (default: print only)")
     compare.add_argument("--metric", help="metric to plot (default acc_outer if present, else loss_outer)")
     compare.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -112,9 +123,27 @@ def enable_compilation_cache() -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the `metax` command; returns its exit status."""
+    code = _main(argv)
+    if code != 0 and _JOINED[0]:
+        # A failed process of a multi-process run (often: a peer died and a collective
+        # failed) would wait in JAX's shutdown barrier for the dead peer, then abort with
+        # SIGABRT: leave now, with the message already printed and the status it earned.
+        print("metax: this process of a multi-process run stops now; if another process died, its log says why.",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+_JOINED = [False]  # whether this process joined a multi-process run (jax.distributed)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     enable_compilation_cache()
+    install_handlers()
     try:
         args = _parser().parse_args(argv)
         if args.command is None:
@@ -134,9 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # the reader went away (`metax list | head`)
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("metax: interrupted; continue with `metax run CONFIG --out DIR --resume`.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        return _interrupted(error)
     except Exception as error:  # a bug, or a failure the checks above did not foresee
         if debug:
             raise
@@ -148,28 +176,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def fingerprint(config) -> str:
-    from metax.experiment.schema import dump_config
+    """The fingerprint checkpoints of `config` are written under (see `resume.fingerprints`)."""
+    from metax.experiment.resume import fingerprints
 
-    return hashlib.sha256(dump_config(config).encode()).hexdigest()[:16]
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    found = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, path + ".")
-        elif a != b:
-            found.append(f"{path} is {a!r} there, {b!r} here")
-    return found
+    return fingerprints(config.to_dict())[0]
 
 
-def _prepare_folder(out: str, config, resume: bool) -> bool:
-    """Checks that `out` may receive this run and writes its config.yaml.
+def _untrained(out: str, entries: list[str]) -> bool:
+    """A run that ended before its first checkpoint or metric row (a crash, a kill, a bad
+    setting found late): nothing in it is worth keeping, so a rerun may start it afresh."""
+    from metax.experiment import checkpoint as ckpt
+
+    checkpoints = os.path.join(out, "checkpoints")
+    if os.path.isdir(checkpoints) and any(not n.endswith(".tmp") and ".tmp-" not in n for n in os.listdir(checkpoints)):
+        return False
+    known = {"config.yaml", "checkpoints", "metrics.jsonl", "metrics.csv", "eval.jsonl", "eval.csv", "run_log.jsonl"}
+    empty = lambda name: not os.path.exists(os.path.join(out, name)) or os.path.getsize(os.path.join(out, name)) == 0
+    return set(entries) <= known and empty("metrics.jsonl") and not ckpt.list_checkpoints(checkpoints)
+
+
+def _prepare_folder(out: str, config, resume: bool) -> tuple[bool, Optional[dict]]:
+    """Checks that `out` may receive this run and writes its config.yaml (the caller
+    holds the folder's lock).
 
     Returns:
-      True if it holds a run of this config to resume, False for a new run.
+      `(resuming, recorded)`: True and the recorded config if it holds a run of this
+      config to resume (with accepted changes written into its config.yaml and log),
+      False and None for a new run.
 
     Raises:
       ConfigError: if `out` is a file, holds another run (or other files), or cannot be
@@ -177,13 +210,21 @@ def _prepare_folder(out: str, config, resume: bool) -> bool:
     """
     import yaml
 
+    from metax.experiment.folders import contents, log_event
     from metax.experiment.io import write_text_atomic
+    from metax.experiment.resume import resume_changes
     from metax.experiment.schema import dump_config
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out} is a file; give a folder for the run.")
-    existing = os.listdir(out) if os.path.isdir(out) else []
+    existing = contents(out)
     config_path = os.path.join(out, "config.yaml")
+    if existing and _untrained(out, existing):
+        for name in existing:  # only files a run writes, none with a step in it
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        print(f"{out}: the run recorded there ended before its first step; starting it afresh.")
+        existing = []
     if existing:
         if not os.path.exists(config_path):
             raise ConfigError(f"--out {out} is not empty and holds no metax run; choose a new or empty folder.")
@@ -192,25 +233,25 @@ def _prepare_folder(out: str, config, resume: bool) -> bool:
                 previous = yaml.safe_load(handle)
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"{config_path} cannot be read ({error}); choose another --out.") from error
+        if not isinstance(previous, dict):
+            raise ConfigError(f"{config_path} is not a metax run config; choose another --out.")
         if not resume:
             raise ConfigError(
                 f"--out {out} holds a run of {previous.get('name', '?')!r}; pass --resume to continue it, "
                 "or choose another --out (nothing was changed)."
             )
-        differences = _differences(previous or {}, config.to_dict())
-        if differences:
-            raise ConfigError(
-                f"--resume: {out} holds a run of a different config ({'; '.join(differences[:5])}"
-                f"{'; ...' if len(differences) > 5 else ''}); resume with the same config and --set values, "
-                "or choose another --out."
-            )
-        return True
+        changes = resume_changes(out, previous, config.to_dict())
+        if changes:
+            write_text_atomic(config_path, dump_config(config))
+            log_event(out, "resume", changes=changes)
+            print(f"{out}: resuming with " + ", ".join(f"{c['key']} {c['from']} -> {c['to']}" for c in changes))
+        return True, previous
     try:
         os.makedirs(out, exist_ok=True)
         write_text_atomic(config_path, dump_config(config))
     except OSError as error:
         raise ConfigError(f"cannot write the run folder {out}: {error.strerror or error}; choose a writable --out.") from error
-    return False
+    return False, None
 
 
 def _load(path: str, overrides: Sequence[str]):
@@ -224,41 +265,99 @@ def _load(path: str, overrides: Sequence[str]):
 
 
 def _run_one(config, experiment, out: str, resume: bool, progress: bool, debug_nans: bool, plots: bool = True) -> dict:
+    """Runs (or resumes) one run into `out`, holding the folder's lock throughout."""
+    import contextlib
+
+    import jax
+
+    from metax.experiment.folders import FolderLock, contents
+
+    if jax.process_index() != 0:  # process 0 owns the folder; the others read its checkpoints when resuming
+        return _run_locked(config, experiment, out, resume, resume, None, progress, debug_nans, plots)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a file; give a folder for the run.")
+    existed, entries = os.path.exists(out), contents(out)
+    if entries and "config.yaml" not in entries:  # not ours: do not even place a lock file there
+        raise ConfigError(f"--out {out} is not empty and holds no metax run; choose a new or empty folder.")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot write the run folder {out}: {error.strerror or error}; choose a writable --out.") from error
+    lock = FolderLock(out)
+    try:
+        with lock:
+            resuming, recorded = _prepare_folder(out, config, resume)
+            return _run_locked(config, experiment, out, resuming, resume, recorded, progress, debug_nans, plots)
+    except ConfigError:
+        if not entries and not os.path.exists(os.path.join(out, "config.yaml")):
+            # Refused before anything was written: leave the folder as it was.
+            with contextlib.suppress(OSError):
+                os.unlink(lock.path)
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_locked(config, experiment, out, resuming, resume, recorded, progress, debug_nans, plots) -> dict:
     import jax
 
     from metax.experiment.build import describe
+    from metax.experiment.folders import log_event
+    from metax.experiment.resume import fingerprints, lower_rate_command
 
-    existed = os.path.exists(out)
-    created = not (existed and (not os.path.isdir(out) or os.listdir(out)))  # this call fills the folder
-    if jax.process_index() == 0:
-        resuming = _prepare_folder(out, config, resume)
-    else:  # process 0 owns the folder; the others read its checkpoints when resuming
-        resuming = resume
+    primary = jax.process_index() == 0
     summary_path = os.path.join(out, "summary.json")
     if resuming and os.path.exists(summary_path):
-        with open(summary_path) as handle:
-            summary = json.load(handle)
+        summary = _read_summary(summary_path)
         if summary.get("steps") == config.train.steps:
+            if plots and "plots" not in summary and primary:  # stopped while drawing them: finish
+                summary["plots"] = _draw_plots(out)
+                from metax.experiment.io import write_json_atomic
+
+                write_json_atomic(summary_path, summary)
+                print(f"{out}: complete ({summary['steps']} meta-steps); drew the missing plots.")
+                return summary
             print(f"{out}: already complete ({summary['steps']} meta-steps); nothing to do.")
             return summary
     print(describe(experiment))
     print(f"run folder {out}" + (" (resuming)" if resuming else ""))
+    accepted = fingerprints(config.to_dict(), recorded)
     try:
-        result = _train(config, experiment, out, resuming, progress, debug_nans, plots)
+        result = _train(config, experiment, out, resuming, progress, debug_nans, plots, accepted)
     except ConfigError:
-        if created and jax.process_index() == 0 and not os.path.exists(os.path.join(out, "metrics.jsonl")):
+        if not resuming and primary and not os.path.exists(os.path.join(out, "metrics.jsonl")):
             # Refused before the first step: leave no half-made run behind.
-            for name in os.listdir(out) if existed else []:
+            for name in os.listdir(out):
                 path = os.path.join(out, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-            if not existed:
-                shutil.rmtree(out, ignore_errors=True)
+                if name != ".metax.lock":
+                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        raise
+    except RunError as error:
+        if primary:
+            log_event(out, "nonfinite", message=str(error))
+        raise RunError(f"{error} To resume with lower learning rates: {lower_rate_command(out, config.to_dict())}") from error
+    except KeyboardInterrupt as error:  # Interrupted (a checkpoint saved), or Ctrl-C while plotting
+        if primary:
+            log_event(out, "interrupted", signal=getattr(error, "name", "SIGINT"), step=getattr(error, "step", None),
+                      checkpoint=getattr(error, "checkpoint", None))
+        error.folder = out
         raise
     _print_summary(result.summary)
     return result.summary
 
 
-def _train(config, experiment, out, resuming, progress, debug_nans, plots):
+def _read_summary(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            summary = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path} cannot be read ({error}); it is damaged.") from error
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path} is not a metax summary.")
+    return summary
+
+
+def _train(config, experiment, out, resuming, progress, debug_nans, plots, accepted=None):
     from metax.experiment.loop import train
 
     return train(
@@ -282,7 +381,7 @@ def _train(config, experiment, out, resuming, progress, debug_nans, plots):
         progress=progress,
         name=config.name,
         groups=experiment.task.groups,
-        fingerprint=fingerprint(config),
+        fingerprint=accepted or fingerprint(config),
         plots=plots,
         plot_tasks=config.eval.plot_tasks,
         devices=config.train.devices,
@@ -324,7 +423,22 @@ def _distributed(args) -> None:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
-    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    # A peer that dies must not leave the others in a barrier for minutes (JAX's defaults:
+    # 100 s without heartbeats, 300 s at shutdown) before they abort: fail within ~20 s.
+    timeout = int(os.environ.get("METAX_DISTRIBUTED_TIMEOUT", "20"))
+    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
+                               heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout)
+    _JOINED[0] = True
+
+
+def _default_out(name: str) -> str:
+    """runs/<name>, refusing a name that would leave runs/ (`../x`, `a/b`, an absolute path)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name or name.startswith("~"):
+        raise ConfigError(
+            f"name {name!r} is not a plain folder name, so runs/<name> would lie elsewhere; "
+            "use letters, digits, '-' and '_', or give --out."
+        )
+    return os.path.join("runs", name)
 
 
 def command_run(args) -> int:
@@ -333,25 +447,92 @@ def command_run(args) -> int:
     overrides = list(args.overrides) + ([f"train.devices={args.devices}"] if args.devices is not None else [])
     _distributed(args)
     config, experiment = _load(args.config, overrides)
-    out = args.out or os.path.join("runs", config.name)
+    out = args.out or _default_out(config.name)
     if args.seeds == 1:
         _run_one(config, experiment, out, args.resume, not args.no_progress, args.debug_nans, not args.no_plots)
         return 0
-    from metax.experiment.build import build
+    return _run_seeds(config, experiment, out, args.seeds, args.resume, args)
 
-    if os.path.isdir(out) and os.listdir(out) and not args.resume:
-        raise ConfigError(f"--out {out} is not empty; pass --resume to continue its seeds, or choose another --out.")
-    folders = []
-    for offset in range(args.seeds):
-        seeded = dataclasses.replace(config, seed=config.seed + offset)
-        folder = os.path.join(out, f"seed-{seeded.seed}")
-        print(f"== seed {seeded.seed} ({offset + 1}/{args.seeds})")
-        experiment = experiment if offset == 0 else build(seeded)
-        _run_one(seeded, experiment, folder, args.resume, not args.no_progress, args.debug_nans, not args.no_plots)
-        folders.append(folder)
-    table = compare_runs([out], out)
-    print(table)
+
+def _run_seeds(config, experiment, out: str, seeds: int, resume: bool, args) -> int:
+    """Seeds seed, seed+1, ... into out/seed-<k>, then their comparison into out."""
+    from metax.experiment.build import build
+    from metax.experiment.folders import check_output, is_seeds
+
+    if check_output(out, f"--out {out}", is_seeds, "a folder of seed runs") and not resume:
+        raise ConfigError(f"--out {out} holds seed runs; pass --resume to continue them, or choose another --out.")
+    try:
+        for offset in range(seeds):
+            seeded = dataclasses.replace(config, seed=config.seed + offset)
+            folder = os.path.join(out, f"seed-{seeded.seed}")
+            print(f"== seed {seeded.seed} ({offset + 1}/{seeds})")
+            experiment = experiment if offset == 0 else build(seeded)
+            _run_one(seeded, experiment, folder, resume, not args.no_progress, args.debug_nans, not args.no_plots)
+    except KeyboardInterrupt as error:
+        error.folder = out  # `metax resume` of the seeds folder continues every seed
+        raise
+    print(compare_runs([out], out))
     return 0
+
+
+def command_resume(args) -> int:
+    """`metax resume RUN_DIR`: the folder's own config, with safe `--set` changes."""
+    from metax.experiment.build import build, trace
+    from metax.experiment.folders import contents, is_run, is_seeds
+    from metax.experiment.run import read_run_config
+
+    folder = args.run_dir
+    args.out, args.resume = folder, True
+    if is_run(folder):
+        config = read_run_config(folder, args.overrides)
+        experiment = build(config)
+        trace(experiment)
+        _run_one(config, experiment, folder, True, not args.no_progress, args.debug_nans, not args.no_plots)
+        return 0
+    if is_seeds(folder):
+        seeds = sorted((e for e in contents(folder) if e.startswith("seed-")), key=lambda e: int(e[5:]) if e[5:].isdigit() else 0)
+        try:
+            for name in seeds:
+                print(f"== {name}")
+                config = read_run_config(os.path.join(folder, name), args.overrides)
+                experiment = build(config)
+                trace(experiment)
+                _run_one(config, experiment, os.path.join(folder, name), True, not args.no_progress, args.debug_nans,
+                         not args.no_plots)
+        except KeyboardInterrupt as error:
+            error.folder = folder
+            raise
+        print(compare_runs([folder], folder))
+        return 0
+    raise ConfigError(f"{folder} holds no metax run (no config.yaml, no seed-<k> runs); give a folder written by `metax run`.")
+
+
+def _interrupted(error: KeyboardInterrupt) -> int:
+    """The message and exit status of a run stopped by SIGINT (130) or SIGTERM (143)."""
+    import shlex
+
+    signal_name = getattr(error, "name", "SIGINT")
+    code = getattr(error, "exit_code", 130)
+    folder = getattr(error, "folder", None)
+    command = getattr(error, "command", None) or (f"metax resume {shlex.quote(folder)}" if folder else None)
+    step, checkpoint = getattr(error, "step", None), getattr(error, "checkpoint", None)
+    where = f" at meta-step {step}" if step is not None else ""
+    saved = f"; checkpoint {checkpoint} holds the state" if checkpoint else ""
+    then = f"; continue with: {command}" if command else "; nothing to resume"
+    print(f"metax: stopped by {signal_name}{where}{saved}{then}", file=sys.stderr)
+    return code
+
+
+def _draw_plots(run_dir: str) -> list[str]:
+    """Draws a run folder's plots from its newest checkpoint; returns their paths."""
+    from metax.experiment import plots
+    from metax.experiment.loop import sample_held_out
+
+    config, experiment, meta_state, record, keys = _open_run(run_dir)
+    tasks = max(config.eval.plot_tasks, 1)
+    held_out = sample_held_out(keys.eval_tasks, experiment.eval_task.sample_task, max(tasks, 2), max(tasks, 2))
+    return plots.plot_run(run_dir, learner=experiment.learner, meta_state=meta_state, held_out=held_out,
+                          steps=experiment.eval_steps, key=keys.eval_adapt, num_tasks=config.eval.plot_tasks)
 
 
 # -- eval, plot ------------------------------------------------------------------------------
@@ -389,15 +570,7 @@ def command_eval(args) -> int:
 
 
 def command_plot(args) -> int:
-    from metax.experiment import plots
-
-    config, experiment, meta_state, record, keys = _open_run(args.run_dir)
-    from metax.experiment.loop import sample_held_out
-
-    tasks = max(config.eval.plot_tasks, 1)
-    held_out = sample_held_out(keys.eval_tasks, experiment.eval_task.sample_task, max(tasks, 2), max(tasks, 2))
-    paths = plots.plot_run(args.run_dir, learner=experiment.learner, meta_state=meta_state, held_out=held_out,
-                           steps=experiment.eval_steps, key=keys.eval_adapt, num_tasks=config.eval.plot_tasks)
+    paths = _draw_plots(args.run_dir)
     print("\n".join(paths) if paths else "nothing to plot yet")
     return 0
 
@@ -513,20 +686,25 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
             ["run"] + names, [[g["label"]] + [format_interval(g["groups"][n][metrics[0]]) for n in names] for g in groups]
         )
     if out is not None:
-        os.makedirs(out, exist_ok=True)
-        write_text_atomic(os.path.join(out, "compare.md"), table + "\n")
-        write_json_atomic(os.path.join(out, "compare.json"), {"runs": groups})
         chosen = metric or ("acc_outer" if "acc_outer" in metrics else "loss_outer")
         if chosen not in metrics:
             raise ConfigError(f"--metric {chosen!r} is not reported by every run; choose one of {metrics}.")
+        os.makedirs(out, exist_ok=True)
+        write_text_atomic(os.path.join(out, "compare.md"), table + "\n")
+        write_json_atomic(os.path.join(out, "compare.json"), {"runs": groups})
         plot_comparison(groups, chosen, os.path.join(out, "compare.png"))
         table += f"\n\nwritten {os.path.join(out, 'compare.md')}, compare.json, compare.png"
     return table
 
 
 def command_compare(args) -> int:
-    out = args.out or os.path.commonpath([os.path.abspath(p) for p in args.run_dirs])
-    print(compare_runs(args.run_dirs, out, args.metric))
+    from metax.experiment.folders import check_output, is_comparison
+
+    if args.out is not None:  # written only where the user says, never beside the runs
+        check_output(args.out, f"--out {args.out}", is_comparison, "an earlier `metax compare` output")
+    print(compare_runs(args.run_dirs, args.out, args.metric))
+    if args.out is None:
+        print("(printed only; pass --out DIR to write compare.md, compare.json and compare.png)")
     return 0
 
 
@@ -539,9 +717,21 @@ def command_sweep(args) -> int:
         spec = dynamics.SweepSpec.from_dict(data)
     except ValueError as error:
         raise ConfigError(f"{args.spec}: {error}") from error
+    from metax.experiment.folders import check_output, is_sweep
+    from metax.experiment.signals import StopRequests
+
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.spec))[0])
+    check_output(out, f"--out {out}", is_sweep, "a metax sweep")
     try:
-        result = dynamics.run_sweep(spec, out, resume=args.resume, progress=not args.no_progress)
+        # Signals are noted and acted on between epochs, when no computation is in flight.
+        with StopRequests() as stop:
+            result = dynamics.run_sweep(spec, out, resume=args.resume, progress=not args.no_progress,
+                                        on_epoch=lambda epoch: stop.check())
+    except Interrupted as error:
+        import shlex
+
+        error.command = f"metax sweep {shlex.quote(args.spec)} --out {shlex.quote(out)} --resume"
+        raise
     except FileExistsError as error:
         raise ConfigError(f"{error} Pass --resume to add the missing runs, or choose another --out.") from error
     except (FileNotFoundError, ValueError) as error:
@@ -553,6 +743,7 @@ def command_sweep(args) -> int:
 COMMANDS = {
     "sweep": command_sweep,
     "run": command_run,
+    "resume": command_resume,
     "eval": command_eval,
     "plot": command_plot,
     "validate": command_validate,

@@ -1,7 +1,8 @@
 """The runner's errors: bad configs and input (exit code 2) and runs that fail (exit code 3)."""
 
-import difflib
 from typing import Iterable, Optional
+
+from metax.utils.names import did_you_mean  # noqa: F401  (the runner's errors use it; dynamics too)
 
 
 class ConfigError(ValueError):
@@ -21,15 +22,6 @@ class ConfigError(ValueError):
 
 class RunError(RuntimeError):
     """A run that started and could not go on (e.g. a non-finite loss); exit status 3."""
-
-
-def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """" (did you mean 'x'?)" for the nearest of `choices`, or "" when none is close."""
-    choices = [str(c) for c in choices]
-    # A transposition ("adma" for "adam") first: difflib alone would rank "adamax" higher.
-    swapped = [c for c in choices if len(c) == len(str(value)) and sorted(c) == sorted(str(value))]
-    close = swapped[:1] or difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def unknown_name(kind: str, value: str, choices: Iterable[str], where: Optional[str] = None) -> ConfigError:

@@ -1,62 +1,30 @@
-"""Run outputs that never lose data: atomic JSON writes and overwrite refusal."""
+"""Run outputs that never lose data: atomic writes (re-exported from `metax.utils.io`,
+where the library's own writers find them too) and overwrite refusal for study scripts."""
 
 import argparse
-import json
 import os
-import tempfile
-from typing import Any
 
+from metax.utils.io import atomic_write
+from metax.utils.io import dumps_json
+from metax.utils.io import json_float
+from metax.utils.io import read_json
+from metax.utils.io import save_npz_atomic
+from metax.utils.io import write_json_atomic
+from metax.utils.io import write_text_atomic
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it over `path`:
-    readers see the old file or the new one, never half a file. The file gets the usual
-    permissions of a new file (0666 less the umask), not the temporary file's 0600."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp", encoding="utf-8") as handle:
-        try:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.chmod(handle.name, 0o666 & ~_umask())
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)  # a failed write leaves neither a partial file nor debris
-            raise
-    os.replace(handle.name, path)
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-    """Writes `payload` as JSON, atomically (see `write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(payload, indent=2))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+__all__ = [
+    "atomic_write",
+    "dumps_json",
+    "json_float",
+    "read_json",
+    "refuse_overwrite",
+    "save_npz_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def refuse_overwrite(parser: argparse.ArgumentParser, out: str, overwrite: bool, name: str = "metrics.json") -> None:
     """Exits with status 2 (argparse's usage error) if `out/name` exists and `overwrite` is off."""
     if os.path.exists(os.path.join(out, name)) and not overwrite:
         parser.error(f"{os.path.join(out, name)} exists; pass --overwrite or choose another --out")
-
-
-def save_npz_atomic(path: str, arrays: dict) -> None:
-    """Writes `arrays` as an `.npz` under a temporary name, then renames it over `path`."""
-    import numpy as np
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise

@@ -33,6 +33,7 @@ from metax.data import MetaDataset, sample_metabatch
 from metax.experiment import checkpoint as ckpt
 from metax.experiment.errors import ConfigError, RunError
 from metax.experiment.io import save_npz_atomic, write_json_atomic
+from metax.experiment.signals import Interrupted, StopRequests
 from metax.experiment.stats import format_interval, interval
 from metax.experiment.writers import MetricsWriter
 from metax.learner.base import MetaLearner, MetaLearnerState
@@ -239,7 +240,7 @@ def train(
     progress: bool = True,
     name: Optional[str] = None,
     groups: Optional[tuple[str, tuple[str, ...]]] = None,
-    fingerprint: Optional[str] = None,
+    fingerprint: Union[None, str, Sequence[str]] = None,
     plots: bool = True,
     plot_tasks: int = 4,
     debug_nans: bool = False,
@@ -271,8 +272,8 @@ def train(
       progress: show a progress bar.
       name: the run's name (progress bar, summary).
       groups: `(info_key, names)`: also summarise held-out scores per group.
-      fingerprint: a string identifying the configuration; a checkpoint written under
-        another fingerprint is refused on resume.
+      fingerprint: a string identifying the configuration (or several accepted ones, the
+        first written); a checkpoint written under another fingerprint is refused on resume.
       plots: draw the learning curves (and, for 1-D regression, adapted fits) into `out`.
       plot_tasks: held-out tasks drawn in the fit plot.
       debug_nans: run step by step with JAX's NaN/Inf checks; at the first bad step,
@@ -325,15 +326,15 @@ def train(
     if out is not None and primary:
         os.makedirs(checkpoints, exist_ok=True)
         ckpt.clean_temporary(checkpoints)
+    fingerprints = (fingerprint,) if isinstance(fingerprint, str) else tuple(fingerprint or ())
+    initial_eval = None  # the held-out scores before meta-training ("before" in summaries)
     if resume:
-        latest = ckpt.latest_checkpoint(checkpoints)
-        if latest is not None:
-            record = ckpt.read_record(latest)
-            if fingerprint is not None and record.get("fingerprint") not in (None, fingerprint):
-                raise ConfigError(f"{latest} was written by a different configuration; resume it with the config it was started with.")
-            meta_state, record = ckpt.load_checkpoint(latest, meta_state)
-            meta_state = jax.device_put(meta_state)
+        # The newest intact checkpoint; damaged newer ones are moved aside by the writer.
+        restored = ckpt.restore_latest(checkpoints, meta_state, fingerprints=fingerprints, set_aside=primary)
+        if restored is not None:
+            meta_state, record = jax.device_put(restored.tree), restored.record
             start = record["step"]
+            initial_eval = record.get("held_out_initial")
             if start > steps:
                 raise ConfigError(f"the checkpoint is at step {start}, beyond steps={steps}; raise steps to continue.")
 
@@ -378,16 +379,27 @@ def train(
         return summary
 
     def save(step, meta_state):
-        record = {"fingerprint": fingerprint, "seed": seed, "name": name, "data_key": np.asarray(keys.data).tolist()}
+        for metric_writer in (writer, eval_writer):
+            metric_writer.sync()  # every row up to the checkpoint is durable before it is
+        record = {"fingerprint": fingerprints[0] if fingerprints else None, "seed": seed, "name": name,
+                  "data_key": np.asarray(keys.data).tolist(), "held_out_initial": initial_eval}
         return ckpt.save_checkpoint(checkpoints, step, meta_state, record, keep_checkpoints)
 
     bar = _progress(progress and primary, steps, start, name)
     per_step_seconds, train_seconds, steps_run = None, 0.0, 0
     step = start
+    saved_step = start if last_checkpoint is not None else None
+    signals = StopRequests()
     try:
-        if step == 0:
-            bar.set_postfix_str(f"held-out {_headline(record_eval(0, meta_state))}")
+        signals.__enter__()
+        if step == 0 and initial_eval is None:  # (a run stopped at step 0 has it in its checkpoint)
+            first = record_eval(0, meta_state)
+            initial_eval = {k: v for k, v in first.items() if k != "step"}
+            bar.set_postfix_str(f"held-out {_headline(first)}")
         while step < steps:
+            if signals.requested:  # between compiled calls: nothing is in flight
+                path = save(step, meta_state) if writes and saved_step != step else last_checkpoint
+                raise Interrupted(signals.signum, step, path)
             stop = _next_stop(step, steps, eval_every, checkpoint_every if out is not None else None)
             if chunk is not None:
                 n = min(chunk, stop - step)
@@ -418,15 +430,18 @@ def train(
                 record_eval(step, meta_state)
                 bar.set_postfix_str(_postfix(rows, evals))
             if writes and checkpoint_every is not None and step % checkpoint_every == 0 and step < steps:
-                last_checkpoint = save(step, meta_state)
+                last_checkpoint, saved_step = save(step, meta_state), step
+        if signals.requested:
+            path = save(step, meta_state) if writes and saved_step != step else last_checkpoint
+            raise Interrupted(signals.signum, step, path)
     finally:
+        signals.__exit__()
         bar.close()
 
     per_task_final = run_eval(meta_state)
     record_eval(step, meta_state, per_task_final)
     final = _summarise(per_task_final, groups, labels)
 
-    initial_eval = next((e for e in evals if e["step"] == 0), None)
     baselines = {}
     if jnp.issubdtype(held_out.train.y.dtype, jnp.floating) and held_out.train.y.ndim == 3:
         # A reference without any model: predict every query target by the support mean.
@@ -439,7 +454,7 @@ def train(
         "resumed_from": start if resume else None,
         "seed": seed,
         "held_out": {"tasks": int(len(next(iter(per_task_final.values())))), "adaptation_steps": eval_steps, **final},
-        "held_out_initial": {k: v for k, v in initial_eval.items() if k != "step"} if initial_eval else None,
+        "held_out_initial": initial_eval,
         "held_out_baselines": baselines,
         "meta_steps_per_second": steps_run / train_seconds if train_seconds > 0 else None,
         "train_seconds": train_seconds,
@@ -449,6 +464,8 @@ def train(
         "platform": platform.platform(),
         "jax": jax.__version__,
     }
+    if not plots:
+        summary["plots"] = []  # none asked for; a summary without the key lost its plots to a kill
     history_arrays = {key: np.concatenate(parts) for key, parts in history.items()}
     if writes:
         save(step, meta_state)
@@ -541,14 +558,15 @@ def _postfix(rows: list[dict], evals: list[dict]) -> str:
 def _raise_nonfinite(row: dict, watch: Sequence[str], name: str, learner: MetaLearner, last_checkpoint: Optional[str]) -> None:
     bad = [metric for metric in watch if not np.all(np.isfinite(row.get(metric, 0.0)))]
     what = ", ".join(f"{metric} = {row[metric]}" for metric in bad) if bad else "hparams after the update"
+    # Resuming with the same settings replays the same steps, and so the same failure.
     where = (
-        f"the last good checkpoint, {last_checkpoint}, is intact (resume continues from it)"
+        f"the last good checkpoint, {last_checkpoint}, is intact; resume from it with lower learning rates"
         if last_checkpoint
-        else "no checkpoint had been written yet"
+        else "no checkpoint had been written yet; start again with lower learning rates"
     )
     raise RunError(
-        f"{name}: non-finite {what} at meta-step {row['step']} ({type(learner).__name__}); {where}. "
-        "Lower the learning rates, clip gradients, or rerun with --debug-nans to find the first bad operation."
+        f"{name}: non-finite {what} at meta-step {row['step']} ({type(learner).__name__}); {where}, "
+        "clip gradients, or rerun with --debug-nans to find the first bad operation."
     )
 
 

@@ -6,6 +6,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from metax.experiment.writers import read_jsonl
+from metax.utils.io import atomic_write, json_float
 
 
 def _pyplot():
@@ -18,15 +19,14 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-    temporary = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(temporary, dpi=120)
-    os.replace(temporary, path)
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, dpi=120, format=os.path.splitext(path)[1][1:] or "png")
     return path
 
 
 def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     steps = np.array([r["step"] for r in rows if key in r], dtype=float)
-    values = np.array([float(r[key]) for r in rows if key in r], dtype=float)
+    values = np.array([json_float(r[key]) for r in rows if key in r], dtype=float)  # null: non-finite
     return steps, values
 
 

@@ -162,20 +162,17 @@ class Registry:
         self._entries[entry.name] = entry
 
     def get(self, name: Any, where: Optional[str] = None) -> Entry:
-        _load_builtins()
         if not isinstance(name, str) or name not in self._entries:
             raise unknown_name(self.kind[:-1], name, self._entries, where)
         return self._entries[name]
 
     def names(self) -> list[str]:
-        _load_builtins()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
         return [self._entries[name] for name in self.names()]
 
     def __contains__(self, name: str) -> bool:
-        _load_builtins()
         return name in self._entries
 
 
@@ -242,15 +239,6 @@ def register(
     return add if target is None else add(target)
 
 
-_builtins_loaded = [False]
-
-
-def _load_builtins() -> None:
-    if not _builtins_loaded[0]:
-        _builtins_loaded[0] = True
-        from metax.experiment import builtins  # noqa: F401  (registers on import)
-
-
 _plugins: dict[str, str] = {}  # absolute path -> module name
 
 
@@ -260,7 +248,6 @@ def load_plugin(path: str) -> None:
     Raises:
       ConfigError: if the file is missing or fails to import (with the error it raised).
     """
-    _load_builtins()
     path = os.path.abspath(path)
     if path in _plugins:
         return

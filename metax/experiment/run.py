@@ -1,7 +1,7 @@
 """Reopening a run folder: its config, the built experiment and the newest meta-state."""
 
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 
@@ -9,7 +9,7 @@ from metax.experiment import checkpoint as ckpt
 from metax.experiment.build import Experiment, build
 from metax.experiment.errors import ConfigError
 from metax.experiment.loop import Keys, run_keys
-from metax.experiment.schema import ExperimentConfig, config_from_dict, read_yaml
+from metax.experiment.schema import ExperimentConfig, apply_overrides, parse_config, read_yaml
 
 
 class Run(NamedTuple):
@@ -26,23 +26,56 @@ def open_run(run_dir: str) -> Run:
     """Rebuilds the experiment of a run folder from its `config.yaml` and restores its
     newest checkpoint, e.g. to evaluate or plot it, or to study what it learned.
 
+    A run still training may prune a checkpoint while it is read, and a damaged newest
+    checkpoint is skipped (and named on stderr): the newest intact one is used.
+
     Raises:
-      ConfigError: if the folder holds no run or no checkpoint yet.
+      ConfigError: if the folder holds no run or no intact checkpoint yet.
+    """
+    config_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(config_path):
+        raise ConfigError(f"{run_dir} holds no metax run (no config.yaml); give a folder written by `metax run`.")
+    config = read_run_config(run_dir)
+    experiment = build(config)
+    keys = run_keys(config.seed)
+    sample_input = jax.jit(experiment.task.sample_task)(keys.data).train.x
+    template = experiment.learner.reset(keys.reset, sample_input)
+    restored = ckpt.restore_latest(os.path.join(run_dir, "checkpoints"), template)  # a reader: moves nothing
+    if restored is None:
+        raise ConfigError(f"{run_dir} has no checkpoint yet; run or resume it first.")
+    return Run(config, experiment, jax.device_put(restored.tree), restored.record, keys)
+
+
+def read_run_config(run_dir: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The config a run folder recorded (`config.yaml`), with `overrides` applied.
+
+    Its plugins resolve the same way in every command: a recorded path as written when
+    it exists (`metax run` records absolute ones), else the file of that name in the
+    run folder (a folder copied with its plugins), else relative to the run folder.
+
+    Raises:
+      ConfigError: naming config.yaml if it is missing or invalid.
     """
     config_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(config_path):
         raise ConfigError(f"{run_dir} holds no metax run (no config.yaml); give a folder written by `metax run`.")
     data, _ = read_yaml(config_path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path} is not a metax run config (a mapping); give a folder written by `metax run`.")
+    data = apply_overrides(data, list(overrides))
+    plugins = data.get("plugins") or []
+    if isinstance(plugins, list):
+        data["plugins"] = [_plugin_path(run_dir, p) if isinstance(p, str) else p for p in plugins]
     try:
-        config = config_from_dict(data)
+        return parse_config(data, base_dir=run_dir)
     except ConfigError as error:
         raise ConfigError(f"{config_path}: {error}") from error
-    experiment = build(config)
-    latest = ckpt.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if latest is None:
-        raise ConfigError(f"{run_dir} has no checkpoint yet; run or resume it first.")
-    keys = run_keys(config.seed)
-    sample_input = jax.jit(experiment.task.sample_task)(keys.data).train.x
-    template = experiment.learner.reset(keys.reset, sample_input)
-    meta_state, record = ckpt.load_checkpoint(latest, template)
-    return Run(config, experiment, jax.device_put(meta_state), record, keys)
+
+
+def _plugin_path(run_dir: str, path: str) -> str:
+    if os.path.isabs(path) and os.path.isfile(path):
+        return path
+    beside = os.path.join(run_dir, os.path.basename(path))
+    if os.path.isfile(beside):
+        return os.path.abspath(beside)
+    return os.path.abspath(os.path.join(run_dir, path))

@@ -16,27 +16,12 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-import jax
-import jax.numpy as jnp
-
+from metax.experiment.constraints import NonNegative, NonNegativeFloat, NonNegativeInt, Positive, PositiveFloat, PositiveInt  # noqa: F401
 from metax.experiment.errors import ConfigError, did_you_mean, unknown_name
 from metax.experiment.registry import REQUIRED, Entry, load_plugin, registry
-
-
-class Positive:
-    """`Annotated[int, Positive]`: the value must be > 0."""
-
-
-class NonNegative:
-    """`Annotated[int, NonNegative]`: the value must be >= 0."""
-
-
-PositiveInt = Annotated[int, Positive]
-NonNegativeInt = Annotated[int, NonNegative]
-PositiveFloat = Annotated[float, Positive]
-NonNegativeFloat = Annotated[float, NonNegative]
+from metax.models.activations import ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,19 +29,6 @@ class ComponentOf:
     """Marks a config field whose value is a `{name: ..., **args}` from these registries."""
 
     kinds: tuple[str, ...]
-
-
-ACTIVATIONS: dict[str, Callable] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "gelu": jax.nn.gelu,
-    "elu": jax.nn.elu,
-    "silu": jax.nn.silu,
-    "softplus": jax.nn.softplus,
-    "leaky_relu": jax.nn.leaky_relu,
-    "identity": lambda x: x,
-}
 
 
 class KeyError_(ConfigError):

@@ -1,20 +1,20 @@
 """Metric files written as a run goes: one JSON object per line, and the same as CSV.
 
-Rows are appended and flushed after every chunk of meta-steps, so a crash loses at most
-the chunk in flight. On resume, rows from steps after the checkpoint are dropped (the
-resumed run writes them again) by rewriting the file under a temporary name.
+Rows are appended and flushed after every chunk of meta-steps, and synced to disk before
+each checkpoint (`sync`), so every row up to a checkpoint survives any crash. On resume
+the files are made to match the checkpoint again: rows from steps after it are dropped
+(the resumed run writes them again), and a row torn by a crash in one file is restored
+from the other file (or named on stderr when neither holds it); both files are rewritten
+under a temporary name.
 """
 
 import csv
 import json
-import math
 import os
+import sys
 from typing import Iterable, Optional
 
-
-def _number(value):
-    value = float(value)
-    return value if math.isfinite(value) else str(value)  # JSON has no nan / inf
+from metax.utils.io import dumps_json, write_text_atomic
 
 
 class MetricsWriter:
@@ -31,29 +31,40 @@ class MetricsWriter:
                 self.columns = next(csv.reader(handle), None)
 
     def _truncate(self, step: int) -> None:
+        """Keeps the rows of steps before `step` in both files, each complete in both."""
+        if not (os.path.exists(self.jsonl) or os.path.exists(self.csv)):
+            return
+        json_rows, json_torn = _read_json_rows(self.jsonl)
+        header, csv_rows, csv_torn = _read_csv_rows(self.csv)
+        steps = sorted(s for s in set(json_rows) | set(csv_rows) if s < step)
+        for path, torn in ((self.jsonl, json_torn), (self.csv, csv_torn)):
+            for number, text in torn:
+                print(f"metax: {path} line {number} is torn ({text[:40]!r}); dropped.", file=sys.stderr)
+        restored = [s for s in steps if (s in json_rows) != (s in csv_rows)]
+        if restored:
+            print(f"metax: rows of meta-steps {restored[:5]}{' ...' if len(restored) > 5 else ''} were missing from "
+                  f"{self.jsonl} or {self.csv}; restored from the other file.", file=sys.stderr)
+        rows = [json_rows[s] if s in json_rows else csv_rows[s] for s in steps]
+        columns = header or (list(rows[0]) if rows else None)
+        _rewrite(self.jsonl, "".join(dumps_json(row, indent=None) + "\n" for row in rows))
+        if columns is not None:
+            lines = [_csv_line(columns)] + [_csv_line([row.get(c, "") for c in columns]) for row in rows]
+            _rewrite(self.csv, "".join(lines))
+
+    def sync(self) -> None:
+        """Forces the rows written so far to disk (before a checkpoint that they belong to)."""
         for path in (self.jsonl, self.csv):
-            if not os.path.exists(path):
-                continue
-            with open(path, newline="") as handle:
-                lines = handle.readlines()
-            if path.endswith(".csv"):
-                kept = lines[:1] + [line for line in lines[1:] if _csv_step(line) < step]
-            else:
-                kept = [line for line in lines if line.strip() and _json_step(line) < step]
-            temporary = path + ".tmp"
-            with open(temporary, "w", newline="") as handle:
-                handle.writelines(kept)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
+            if os.path.exists(path):
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
 
     def write(self, rows: Iterable[dict]) -> None:
-        rows = [{key: (value if key == "step" else _number(value)) for key, value in row.items()} for row in rows]
+        rows = [{key: (value if key == "step" else float(value)) for key, value in row.items()} for row in rows]
         if not rows:
             return
         with open(self.jsonl, "a") as handle:
             for row in rows:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(dumps_json(row, indent=None) + "\n")  # non-finite: null; the CSV keeps nan / inf
             handle.flush()
         if self.columns is None:
             self.columns = list(rows[0])
@@ -65,18 +76,62 @@ class MetricsWriter:
                 writer.writerow([row.get(column, "") for column in self.columns])
 
 
-def _json_step(line: str) -> int:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62  # a torn last line from a crash sorts after every checkpoint: dropped
+def _read_json_rows(path: str) -> tuple[dict, list]:
+    """`{step: row}` of a JSON-lines file and its torn lines `[(line number, text)]`."""
+    rows, torn = {}, []
+    if os.path.exists(path):
+        with open(path, newline="") as handle:
+            for number, line in enumerate(handle, 1):
+                try:
+                    row = json.loads(line)
+                    rows[int(row["step"])] = row
+                except (ValueError, KeyError, TypeError):
+                    if line.strip():
+                        torn.append((number, line))
+    return rows, torn
 
 
-def _csv_step(line: str) -> int:
-    try:
-        return int(line.split(",", 1)[0])
-    except ValueError:
-        return 1 << 62  # a torn line sorts after every checkpoint, so it is dropped
+def _read_csv_rows(path: str) -> tuple[Optional[list], dict, list]:
+    """The header, `{step: row}` (values as the JSON rows hold them) and the torn lines of a CSV."""
+    header, rows, torn = None, {}, []
+    if not os.path.exists(path):
+        return header, rows, torn
+    with open(path, newline="") as handle:
+        lines = handle.readlines()
+    for number, line in enumerate(lines, 1):
+        cells = next(csv.reader([line]), [])
+        if number == 1:
+            header = cells or None
+            continue
+        complete = header is not None and len(cells) == len(header) and line.endswith("\n")
+        try:
+            row = {"step": int(cells[0]), **{name: _cell(value) for name, value in zip(header[1:], cells[1:])}}
+        except (ValueError, IndexError, TypeError):
+            complete = False
+        if not complete:
+            if line.strip():
+                torn.append((number, line))
+            continue
+        rows[row["step"]] = row
+    return header, rows, torn
+
+
+def _cell(text: str):
+    if text == "":
+        return text  # a column this row did not have
+    return float(text)  # "nan" / "inf" read back as floats: JSON writes them null, CSV as written
+
+
+def _csv_line(cells: list) -> str:
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(cells)
+    return buffer.getvalue()
+
+
+def _rewrite(path: str, text: str) -> None:
+    write_text_atomic(path, text)
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -41,7 +41,7 @@ import optax
 from metax.data import MetaDataset
 from metax.kernel.base import is_learned_optimizer
 from metax.learner.base import MetaLearnerState, Remat, _check_steps
-from metax.learner.evolution import EvolutionEngine, evosax_algorithms, generation_metrics, population_hstate
+from metax.learner.evolution_engine import EvolutionEngine, evosax_algorithms, generation_metrics, population_hstate
 from metax.learner.maml import ModelAgnosticMetaLearning
 from metax.module.base import MetaModule
 from metax.utils import append_keys
