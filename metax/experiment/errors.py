@@ -21,7 +21,12 @@ class ConfigError(ValueError):
 
 
 class RunError(RuntimeError):
-    """A run that started and could not go on (e.g. a non-finite loss); exit status 3."""
+    """A run that started and could not go on (e.g. a non-finite loss); exit status 3.
+
+    Example:
+      >>> issubclass(metax.experiment.RunError, RuntimeError)
+      True
+    """
 
 
 def unknown_name(kind: str, value: str, choices: Iterable[str], where: Optional[str] = None) -> ConfigError:
