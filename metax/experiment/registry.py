@@ -247,6 +247,15 @@ def load_plugin(path: str) -> None:
 
     Raises:
       ConfigError: if the file is missing or fails to import (with the error it raised).
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> plugin = pathlib.Path(tempfile.mkdtemp()) / "plugin.py"
+      >>> _ = plugin.write_text("import metax, optax\\n"
+      ...     "metax.experiment.register('optimizer', 'docs_plain_sgd', lambda learning_rate: optax.sgd(learning_rate))\\n")
+      >>> metax.experiment.load_plugin(str(plugin))
+      >>> metax.experiment.registry("optimizers").get("docs_plain_sgd").source == str(plugin)
+      True
     """
     path = os.path.abspath(path)
     if path in _plugins:
