@@ -119,8 +119,8 @@ class MetadynamicKernel(hk.Module):
       >>> from metax.kernel import MetadynamicKernel
       >>> z, grad = jnp.zeros((1, 32)), jnp.ones((1, 32))
       >>> f_psi = hk.without_apply_rng(hk.transform(lambda z, g: MetadynamicKernel(32, 32)(z, g)))
-      >>> psi = f_psi.init(jax.random.PRNGKey(0), z, grad)
-      >>> delta_z = f_psi.apply(psi, z, grad)
+      >>> psi = jax.jit(f_psi.init)(jax.random.PRNGKey(0), z, grad)
+      >>> delta_z = jax.jit(f_psi.apply)(psi, z, grad)
       >>> bool(jnp.allclose(delta_z, -0.1 * grad, atol=1e-6))  # untrained: a small gradient step
       True
     """
@@ -241,9 +241,12 @@ class MetadynamicOptimizer(LearnedOptimizer):
     Example:
       >>> kernel = metax.kernel.MetadynamicOptimizer(state_dim=4, hidden_sizes=(8,))
       >>> params = jnp.zeros((2, 4))  # two latent vectors, updated row by row
-      >>> theta = kernel.init(jax.random.PRNGKey(0), params)
-      >>> rule = kernel.optimizer(theta)
-      >>> updates, _ = rule.update(jnp.ones((2, 4)), rule.init(params), params)
+      >>> theta = jax.jit(kernel.init)(jax.random.PRNGKey(0), params)
+      >>> @jax.jit
+      ... def step(theta, grads, params):
+      ...     rule = kernel.optimizer(theta)
+      ...     return rule.update(grads, rule.init(params), params)[0]
+      >>> updates = step(theta, jnp.ones((2, 4)), params)
       >>> bool(jnp.allclose(updates, -0.1 * jnp.ones((2, 4)), atol=1e-6))  # untrained: a 0.1 step
       True
     """

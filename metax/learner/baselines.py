@@ -68,7 +68,7 @@ def train_from_scratch(
       >>> tasks = metax.data.MetaDataset(metax.data.Dataset(x, y), metax.data.Dataset(x, y))
       >>> scratch = jax.jit(lambda key, tasks: metax.learner.train_from_scratch(key, tasks,
       ...     network=metax.models.mlp_fn([4], 2), steps=2, optimizer=optax.sgd(0.1)))
-      >>> metrics = scratch(jax.random.PRNGKey(1), tasks)
+      >>> metrics = jax.eval_shape(scratch, jax.random.PRNGKey(1), tasks)  # traced, not compiled
       >>> metrics["acc_outer"].shape  # one query accuracy per task
       (2,)
     """
@@ -248,11 +248,11 @@ def finetune_head(
       >>> x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 3))  # 2 tasks, 6 samples, 3 features
       >>> y = jnp.tile(jnp.array([0, 1, 0, 1, 0, 1]), (2, 1))
       >>> tasks = metax.data.MetaDataset(metax.data.Dataset(x, y), metax.data.Dataset(x, y))
-      >>> clf, _ = metax.learner.pretrain_classifier(jax.random.PRNGKey(0), sample_batch,
-      ...     body=body, num_classes=2, steps=1, optimizer=optax.adam(1e-2))
+      >>> clf, _ = jax.eval_shape(lambda key: metax.learner.pretrain_classifier(key, sample_batch,
+      ...     body=body, num_classes=2, steps=1, optimizer=optax.adam(1e-2)), jax.random.PRNGKey(0))
       >>> finetune = jax.jit(lambda key, tasks, clf: metax.learner.finetune_head(key, tasks, clf,
       ...     body=body, ways=2, steps=2, optimizer=optax.sgd(0.1)))
-      >>> metrics = finetune(jax.random.PRNGKey(1), tasks, clf)
+      >>> metrics = jax.eval_shape(finetune, jax.random.PRNGKey(1), tasks, clf)  # traced, not compiled
       >>> metrics["acc_outer"].shape
       (2,)
     """

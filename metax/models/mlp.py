@@ -99,7 +99,8 @@ def mlp_fn(hidden_dims: Sequence[int], output_dim: int, **kwargs) -> hk.Transfor
 
     Example:
       >>> net = metax.models.mlp_fn([16], output_dim=3)
-      >>> weights, _ = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)), is_training=True)
+      >>> weights, _ = jax.eval_shape(lambda key, x: net.init(key, x, is_training=True),
+      ...                             jax.random.PRNGKey(0), jnp.zeros((1, 4)))
       >>> [leaf.shape for leaf in jax.tree_util.tree_leaves(weights)]  # (b, w) per layer
       [(16,), (4, 16), (3,), (16, 3)]
     """
