@@ -115,14 +115,22 @@ def _arg_docs(target) -> dict:
     """{argument: description} from the Google-style ``Args:`` section of a builder's
     docstring (the class docstring, then ``__init__``'s)."""
     docs = {}
-    for obj in (target, getattr(target, "__init__", None)):
+    # The class, its __init__, then its bases: shared arguments are documented once, on the
+    # base (MetaLearner's batch_size, steps_inner, ...).
+    bases = [c for c in getattr(target, "__mro__", ())[1:] if c.__module__.startswith("metax.")]
+    objects = [target, getattr(target, "__init__", None)]
+    for base in bases:
+        objects += [base, base.__dict__.get("__init__")]
+    merged = {}
+    for obj in objects:
+        docs = {}
         text = inspect.getdoc(obj) or "" if obj is not None else ""
         lines = text.splitlines()
-        inside, indent, current = False, None, None
+        inside, indent, current = False, None, []
         for line in lines:
             stripped = line.strip()
             if stripped in ("Args:", "Arguments:", "Parameters:"):
-                inside, indent, current = True, None, None
+                inside, indent, current = True, None, []
                 continue
             if not inside:
                 continue
@@ -135,12 +143,18 @@ def _arg_docs(target) -> dict:
                 inside = False
                 continue
             head = stripped.split(":", 1)
-            if width == indent and len(head) == 2 and head[0].split(" ")[0].isidentifier():
-                current = head[0].split(" ")[0]
-                docs.setdefault(current, head[1].strip())
-            elif current is not None and docs.get(current) is not None:
-                docs[current] += " " + stripped
-    return docs
+            names = [n.strip().split(" ")[0] for n in head[0].split(",")] if len(head) == 2 else []
+            if width == indent and names and all(n.isidentifier() for n in names):
+                current = [n for n in names if n not in docs]
+                for name in current:
+                    docs[name] = head[1].strip()
+            elif current:
+                for name in current:
+                    docs[name] += " " + stripped
+        for name, value in docs.items():  # a fuller text on a base replaces "see `Base`"
+            if name not in merged or (merged[name].startswith("see ") and not value.startswith("see ")):
+                merged[name] = value
+    return merged
 
 
 def registered_components() -> dict:
