@@ -37,6 +37,11 @@ class Dataset(_DatasetFields):
 
     Raises:
       ValueError: if `x` and `y` (or an `info` entry) disagree on the leading axis.
+
+    Example:
+      >>> data = metax.data.Dataset(jnp.zeros((4, 2)), jnp.ones((4, 1)))
+      >>> data.x.shape, data.y.shape, data.info
+      ((4, 2), (4, 1), {})
     """
 
     __slots__ = ()
@@ -64,7 +69,13 @@ class Dataset(_DatasetFields):
 
 
 class MetaDataset(NamedTuple):
-    """A task's support set `train` and query set `test` (or a meta-batch of them)."""
+    """A task's support set `train` and query set `test` (or a meta-batch of them).
+
+    Example:
+      >>> task = metax.data.sinusoid(jax.random.PRNGKey(0), shots_train=5, shots_test=15)
+      >>> task.train.x.shape, task.test.x.shape
+      ((5, 1), (15, 1))
+    """
 
     train: Dataset
     test: Dataset
@@ -76,8 +87,15 @@ def check_metabatch(metabatch: Any, name: str = "metabatch") -> None:
     Shapes are static under `jit`, so this runs (once) at trace time.
 
     Raises:
-      TypeError: if it is not a `MetaDataset` of `Dataset`s.
+      TypeError: if it is not a `MetaDataset` of `Dataset` pairs.
       ValueError: if a leaf lacks the task axis or the task counts disagree.
+
+    Example:
+      >>> metax.data.check_metabatch(metabatch)  # two tasks: fine
+      >>> metax.data.check_metabatch(metabatch.train)
+      Traceback (most recent call last):
+        ...
+      TypeError: ...
     """
     if not isinstance(metabatch, MetaDataset):
         raise TypeError(
@@ -115,6 +133,11 @@ def get_batch(rng: jax.Array, dataset: Dataset, batch_size: int) -> Dataset:
 
     Raises:
       ValueError: if `batch_size` exceeds the samples the dataset has.
+
+    Example:
+      >>> data = metax.data.Dataset(jnp.arange(6.0)[:, None], jnp.arange(6.0)[:, None])
+      >>> metax.data.get_batch(jax.random.PRNGKey(0), data, 4).x.shape
+      (4, 1)
     """
     num_samples = dataset.x.shape[0]
     if batch_size > num_samples:
@@ -134,6 +157,12 @@ def split_dataset(dataset: Dataset, shots_train: int, shots_test: Optional[int] 
 
     Raises:
       ValueError: if the shots ask for more samples than the dataset has.
+
+    Example:
+      >>> data = metax.data.Dataset(jnp.arange(6.0)[:, None], jnp.arange(6.0)[:, None])
+      >>> task = metax.data.split_dataset(data, shots_train=2)
+      >>> task.train.x[:, 0], task.test.x[:, 0]
+      (Array([0., 1.], dtype=float32), Array([2., 3., 4., 5.], dtype=float32))
     """
     num_samples = dataset.x.shape[0]
     shots_test = num_samples - shots_train if shots_test is None else shots_test

@@ -23,8 +23,8 @@ Example:
   >>> splits.num_classes("train"), splits.num_classes("test")
   (24, 8)
   >>> sample_task = splits.sampler("train", ways=5, shots=1, queries=15)
-  >>> metabatch = metax.data.sample_metabatch(jax.random.PRNGKey(0), sample_task, 16)
-  >>> metabatch.train.x.shape, metabatch.test.y.shape
+  >>> shapes = jax.eval_shape(lambda key: metax.data.sample_metabatch(key, sample_task, 16), jax.random.PRNGKey(0))
+  >>> shapes.train.x.shape, shapes.test.y.shape
   ((16, 5, 8, 8, 1), (16, 75))
 """
 

@@ -9,7 +9,14 @@ from metax.data.tasks import SampleTask
 
 
 def sample_metabatch(rng: jax.Array, sample_task: SampleTask, meta_batch_size: int) -> MetaDataset:
-    """Draws `meta_batch_size` tasks in one vmapped call; leaves get a leading task axis."""
+    """Draws `meta_batch_size` tasks in one vmapped call; leaves get a leading task axis.
+
+    Example:
+      >>> sample_task = metax.data.make_task_sampler("sinusoid", shots_train=5, shots_test=5)
+      >>> batch = jax.jit(lambda key: metax.data.sample_metabatch(key, sample_task, 8))(jax.random.PRNGKey(0))
+      >>> batch.train.x.shape
+      (8, 5, 1)
+    """
     return jax.vmap(sample_task)(jax.random.split(rng, meta_batch_size))
 
 
@@ -28,10 +35,14 @@ class MetaBatchStream:
 
     Users add a task distribution by writing one pure function, no subclassing:
 
-    >>> def sample_task(key):
-    ...     ...  # return metax.data.MetaDataset(train=Dataset(x, y), test=Dataset(x, y))
-    >>> stream = MetaBatchStream(sample_task, meta_batch_size=25, rng=jax.random.PRNGKey(0))
-    >>> metabatch = next(iter(stream))
+    >>> def sample_task(key):  # a random line through the origin, 10 points
+    ...     slope = jax.random.normal(key)
+    ...     x = jnp.linspace(-1.0, 1.0, 10)[:, None]
+    ...     data = metax.data.Dataset(x, slope * x)
+    ...     return metax.data.MetaDataset(train=data, test=data)
+    >>> stream = metax.data.MetaBatchStream(sample_task, meta_batch_size=4, rng=jax.random.PRNGKey(0))
+    >>> next(iter(stream)).train.x.shape
+    (4, 10, 1)
 
     The sampler is compiled once; each batch uses a fresh key folded from `rng` and the
     batch index, so iterating twice gives the same batches.

@@ -43,7 +43,13 @@ def _as_task(x: jax.Array, y: jax.Array, shots_train: int, info: dict | None = N
 
 
 def sinusoid(rng: jax.Array, shots_train: int, shots_test: int) -> MetaDataset:
-    """One sinusoid task: y = A sin(x - phi), A ~ U[0.1, 5], phi ~ U[0, pi]."""
+    """One sinusoid task: y = A sin(x - phi), A ~ U[0.1, 5], phi ~ U[0, pi].
+
+    Example:
+      >>> task = metax.data.sinusoid(jax.random.PRNGKey(0), shots_train=10, shots_test=10)
+      >>> bool(jnp.all(jnp.abs(task.train.y) <= 5.0))
+      True
+    """
     rng_amp, rng_phase, rng_x = jax.random.split(rng, 3)
     amplitude = jax.random.uniform(rng_amp, (), minval=0.1, maxval=5.0)
     phase = jax.random.uniform(rng_phase, (), minval=0.0, maxval=math.pi)
@@ -52,7 +58,13 @@ def sinusoid(rng: jax.Array, shots_train: int, shots_test: int) -> MetaDataset:
 
 
 def linear(rng: jax.Array, shots_train: int, shots_test: int) -> MetaDataset:
-    """One line: y = a x + b with a, b ~ U[-5, 5]."""
+    """One line: y = a x + b with a, b ~ U[-5, 5].
+
+    Example:
+      >>> task = metax.data.linear(jax.random.PRNGKey(0), shots_train=10, shots_test=10)
+      >>> task.train.x.shape, task.test.y.shape
+      ((10, 1), (10, 1))
+    """
     rng_coef, rng_x = jax.random.split(rng)
     slope, offset = jax.random.uniform(rng_coef, (2,), minval=-5.0, maxval=5.0)
     x = _inputs(rng_x, shots_train + shots_test)
@@ -105,7 +117,13 @@ _FAMILY_FNS = (_harmonic, _line, _quadratic, _sawtooth, _small_sine)
 
 
 def family(rng: jax.Array, shots_train: int, shots_test: int) -> MetaDataset:
-    """One task from a uniformly chosen family of five; `info["family"]` holds its id."""
+    """One task from a uniformly chosen family of five; `info["family"]` holds its id.
+
+    Example:
+      >>> task = jax.eval_shape(lambda key: metax.data.family(key, 10, 10), jax.random.PRNGKey(0))
+      >>> task.train.info["family"].shape  # the family's id, per sample
+      (10,)
+    """
     rng_fam, rng_fn, rng_x = jax.random.split(rng, 3)
     family_id = jax.random.randint(rng_fam, (), 0, len(_FAMILY_FNS))
     x = _inputs(rng_x, shots_train + shots_test)
@@ -126,6 +144,10 @@ def get_task_family(name: str) -> Callable[[jax.Array, int, int], MetaDataset]:
 
     Raises:
       ValueError: for an unknown name, listing the known ones.
+
+    Example:
+      >>> metax.data.get_task_family("sinusoid") is metax.data.sinusoid
+      True
     """
     if name not in TASK_FAMILIES:
         raise ValueError(
@@ -137,7 +159,14 @@ def get_task_family(name: str) -> Callable[[jax.Array, int, int], MetaDataset]:
 
 
 def make_task_sampler(name: str, shots_train: int, shots_test: int) -> SampleTask:
-    """`sample_task(key) -> MetaDataset` for a named family and fixed shot counts."""
+    """`sample_task(key) -> MetaDataset` for a named family and fixed shot counts.
+
+    Example:
+      >>> sample_task = metax.data.make_task_sampler("linear", shots_train=5, shots_test=20)
+      >>> task = sample_task(jax.random.PRNGKey(0))
+      >>> task.train.x.shape, task.test.x.shape
+      ((5, 1), (20, 1))
+    """
     if shots_train < 1 or shots_test < 0:
         raise ValueError(f"shots_train must be >= 1 and shots_test >= 0, got {shots_train}, {shots_test}.")
     return functools.partial(get_task_family(name), shots_train=shots_train, shots_test=shots_test)

@@ -59,12 +59,14 @@ class RunState(NamedTuple):
 class TrainResult(NamedTuple):
     """What `train_runs` returns; arrays have a leading run axis `R`.
 
-    logs: every logged quantity, `(R, steps_done)` (per-layer ones `(R, steps_done, L)`).
-    val_acc_epochs, test_acc_epochs: accuracy after each epoch, `(R, epochs_done)`.
-    epochs_to_target: first epoch (1-based) whose validation accuracy reached the target,
-      `(R,)`, -1 where it never did or no target was given.
-    layer_names: the `L` layers of the per-layer columns.
-    state: the final `RunState`.
+    Attributes:
+      logs: every logged quantity, `(R, steps_done)` (per-layer ones `(R, steps_done, L)`).
+      val_acc_epochs: validation accuracy after each epoch, `(R, epochs_done)`.
+      test_acc_epochs: test accuracy after each epoch, `(R, epochs_done)`.
+      epochs_to_target: first epoch (1-based) whose validation accuracy reached the target,
+        `(R,)`, -1 where it never did or no target was given.
+      layer_names: the `L` layers of the per-layer columns.
+      state: the final `RunState`.
     """
 
     logs: dict

@@ -24,6 +24,14 @@ class EnergyFunction(abc.ABC):
 
     Args:
       reduction: how per-element values are combined: "mean", "sum" or "none".
+
+    Example:
+      >>> class AbsoluteError(metax.energy.EnergyFunction):
+      ...     def __call__(self, rng, pred, target, params, hparams, state, hstate, info=None):
+      ...         loss = self._reduce(jnp.abs(pred - target))
+      ...         return loss, {"loss": loss}
+      >>> AbsoluteError()(None, jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0]), None, None, None, None)
+      (Array(2., dtype=float32), {'loss': Array(2., dtype=float32)})
     """
 
     def __init__(self, reduction: str = "mean") -> None:
@@ -74,7 +82,14 @@ class EnergyFunction(abc.ABC):
 
 
 class EnergySum(EnergyFunction):
-    """The sum of several energies; metrics are merged (a repeated key gets `_2`, `_3`, ...)."""
+    """The sum of several energies; metrics are merged (a repeated key gets `_2`, `_3`, ...).
+
+    Example:
+      >>> total = metax.energy.SquaredError() + metax.energy.SquaredError(reduction="sum")
+      >>> loss, metrics = total(None, jnp.array([[1.0], [3.0]]), jnp.zeros((2, 1)), None, None, None, None)
+      >>> float(loss), sorted(metrics)
+      (15.0, ['loss', 'loss_2'])
+    """
 
     def __init__(self, *energies: EnergyFunction) -> None:
         super().__init__()

@@ -46,7 +46,12 @@ def check_class_labels(pred: jax.ShapeDtypeStruct, target: jax.ShapeDtypeStruct,
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
-    """Fraction of samples whose arg-max logit equals the integer label."""
+    """Fraction of samples whose arg-max logit equals the integer label.
+
+    Example:
+      >>> metax.energy.accuracy(jnp.array([[2.0, 1.0], [0.0, 3.0]]), jnp.array([0, 0]))
+      Array(0.5, dtype=float32)
+    """
     hits = (jnp.argmax(logits, axis=-1) == labels).astype(logits.dtype)
     if mask is None:
         return jnp.mean(hits)
@@ -57,6 +62,12 @@ class SquaredError(EnergyFunction):
     """Mean squared error, mean over samples and output dims of (pred - target)^2.
 
     Shapes: `pred` and `target` both `(samples, output_dim)`.
+
+    Example:
+      >>> loss, metrics = metax.energy.SquaredError()(
+      ...     None, jnp.array([[1.0], [3.0]]), jnp.zeros((2, 1)), None, None, None, None)
+      >>> float(loss)
+      5.0
     """
 
     def check_target(self, pred, target, argument):
@@ -68,7 +79,15 @@ class SquaredError(EnergyFunction):
 
 
 class SquaredErrorMasked(EnergyFunction):
-    """`SquaredError` over the samples where `info["mask"]` (shape `(samples,)`) is 1."""
+    """`SquaredError` over the samples where `info["mask"]` (shape `(samples,)`) is 1.
+
+    Example:
+      >>> loss, _ = metax.energy.SquaredErrorMasked()(
+      ...     None, jnp.array([[1.0], [3.0]]), jnp.zeros((2, 1)), None, None, None, None,
+      ...     info={"mask": jnp.array([1.0, 0.0])})
+      >>> float(loss)  # the second sample is padding
+      1.0
+    """
 
     def check_target(self, pred, target, argument):
         check_same_shape(pred, target, argument, "SquaredErrorMasked")
@@ -83,6 +102,12 @@ class CrossEntropy(EnergyFunction):
 
     Shapes: `pred` logits `(samples, classes)`, `target` ints `(samples,)`.
     `info["hard_targets"]` (if present) is used for the accuracy.
+
+    Example:
+      >>> loss, metrics = metax.energy.CrossEntropy()(
+      ...     None, jnp.array([[10.0, 0.0], [0.0, 10.0]]), jnp.array([0, 0]), None, None, None, None)
+      >>> round(float(loss), 2), float(metrics["acc"])
+      (5.0, 0.5)
     """
 
     def check_target(self, pred, target, argument):
@@ -95,7 +120,15 @@ class CrossEntropy(EnergyFunction):
 
 
 class CrossEntropyMasked(EnergyFunction):
-    """`CrossEntropy` over the samples where `info["mask"]` is 1."""
+    """`CrossEntropy` over the samples where `info["mask"]` is 1.
+
+    Example:
+      >>> loss, metrics = metax.energy.CrossEntropyMasked()(
+      ...     None, jnp.array([[10.0, 0.0], [0.0, 10.0]]), jnp.array([0, 0]), None, None, None, None,
+      ...     info={"mask": jnp.array([1.0, 0.0])})
+      >>> float(metrics["acc"])
+      1.0
+    """
 
     def check_target(self, pred, target, argument):
         check_class_labels(pred, target, argument, "CrossEntropyMasked")

@@ -42,6 +42,12 @@ class iMAML(_TreeRegularizer):  # noqa: N801 (the paper's name)
       reg_strength: lambda, the strength of the pull.
       key_map: `{params_field: hparams_field}`, e.g. `{"base_learner": "base_learner_init"}`.
       reduction: "sum" (the paper's form) or "mean" (divides by the number of params).
+
+    Example:
+      >>> pull = metax.energy.iMAML(2.0, key_map={"w": "w_init"})
+      >>> loss, _ = pull(None, None, None, {"w": jnp.array([1.0, 1.0])}, {"w_init": jnp.zeros(2)}, None, None)
+      >>> float(loss)  # (2 / 2) * (1 + 1)
+      2.0
     """
 
     def __init__(self, reg_strength: float, key_map: Mapping[str, str], reduction: str = "sum") -> None:
@@ -70,6 +76,13 @@ class LearnedL2(_TreeRegularizer):
     Args:
       key_map: `{params_field: {"omega": hparams_field, "log_lambda": hparams_field}}`;
         a plain string in place of the dict names `log_lambda` and centres at zero.
+
+    Example:
+      >>> pull = metax.energy.LearnedL2({"w": {"omega": "w_centre", "log_lambda": "w_log_strength"}})
+      >>> hparams = {"w_centre": jnp.zeros(2), "w_log_strength": jnp.zeros(2)}  # strength exp(0) = 1
+      >>> loss, _ = pull(None, None, None, {"w": jnp.array([1.0, 3.0])}, hparams, None, None)
+      >>> float(loss)  # (1 + 9) / 2
+      5.0
     """
 
     def __init__(self, key_map: Mapping[str, Union[str, Mapping[str, str]]], reduction: str = "sum") -> None:

@@ -21,7 +21,15 @@ from metax.experiment.schema import ExperimentConfig, build_component
 
 @dataclasses.dataclass
 class Experiment:
-    """A built experiment: what `metax.experiment.train` needs, and where it came from."""
+    """A built experiment: what `metax.experiment.train` needs, and where it came from.
+
+    Example:
+      >>> import pathlib
+      >>> path = pathlib.Path(metax.__file__).resolve().parents[1] / "configs" / "sinusoid-maml.yaml"
+      >>> experiment = metax.experiment.build(metax.experiment.load_config(str(path)))
+      >>> isinstance(experiment, metax.experiment.Experiment), experiment.task.loss
+      (True, 'squared_error')
+    """
 
     config: ExperimentConfig
     learner: metax.learner.MetaLearner
@@ -65,6 +73,13 @@ def build(config: ExperimentConfig) -> Experiment:
 
     Raises:
       ConfigError: naming the section whose builder (or the library) refused it.
+
+    Example:
+      >>> import pathlib
+      >>> path = pathlib.Path(metax.__file__).resolve().parents[1] / "configs" / "sinusoid-maml.yaml"
+      >>> experiment = metax.experiment.build(metax.experiment.load_config(str(path)))
+      >>> type(experiment.learner).__name__, experiment.eval_steps
+      ('ModelAgnosticMetaLearning', 5)
     """
     task = _task(config, "train")
     eval_task = _task(config, "test")

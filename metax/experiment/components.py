@@ -18,6 +18,11 @@ class TaskSpec(NamedTuple):
       output_dim: the model's output width; None reads it from the targets' last axis.
       groups: `(info_key, names)` when held-out scores should also be broken down by a
         per-sample integer in `info` (e.g. the function family of `family` tasks).
+
+    Example:
+      >>> spec = metax.experiment.TaskSpec(metax.data.make_task_sampler("sinusoid", 5, 5))
+      >>> spec.loss, spec.output_dim
+      ('squared_error', None)
     """
 
     sample_task: Callable[..., MetaDataset]
@@ -33,6 +38,11 @@ class ModelFactory(NamedTuple):
     The built network is `hk.transform_with_state` of `f(x, is_training, gain=None,
     shift=None)` where the model supports gain modulation (`hidden_dims` then gives the
     width of every modulated layer).
+
+    Example:
+      >>> factory = metax.experiment.registry("models").get("mlp").target(hidden_dims=(8,))
+      >>> isinstance(factory, metax.experiment.ModelFactory), factory.hidden_dims
+      (True, (8,))
     """
 
     build: Callable[[Optional[int]], hk.TransformedWithState]

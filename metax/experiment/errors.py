@@ -10,11 +10,23 @@ class ConfigError(ValueError):
 
     The message says which key or file is at fault and what to do instead; the `metax`
     command prints it without a traceback and exits with status 2.
+
+    Example:
+      >>> try:
+      ...     metax.experiment.registry("learners").get("mamll")
+      ... except metax.experiment.ConfigError as error:
+      ...     print("did you mean 'maml'" in str(error))
+      True
     """
 
 
 class RunError(RuntimeError):
-    """A run that started and could not go on (e.g. a non-finite loss); exit status 3."""
+    """A run that started and could not go on (e.g. a non-finite loss); exit status 3.
+
+    Example:
+      >>> issubclass(metax.experiment.RunError, RuntimeError)
+      True
+    """
 
 
 def unknown_name(kind: str, value: str, choices: Iterable[str], where: Optional[str] = None) -> ConfigError:

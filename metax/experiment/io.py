@@ -25,6 +25,11 @@ __all__ = [
 
 
 def refuse_overwrite(parser: argparse.ArgumentParser, out: str, overwrite: bool, name: str = "metrics.json") -> None:
-    """Exits with status 2 (argparse's usage error) if `out/name` exists and `overwrite` is off."""
+    """Exits with status 2 (argparse's usage error) if `out/name` exists and `overwrite` is off.
+
+    Example:
+      >>> import argparse, tempfile
+      >>> metax.experiment.refuse_overwrite(argparse.ArgumentParser(), tempfile.mkdtemp(), overwrite=False)  # nothing there: fine
+    """
     if os.path.exists(os.path.join(out, name)) and not overwrite:
         parser.error(f"{os.path.join(out, name)} exists; pass --overwrite or choose another --out")

@@ -44,7 +44,12 @@ MAX_CHUNK = 4096  # longest chunk (the length of the per-step metric buffers)
 
 
 class TrainResult(NamedTuple):
-    """What `train` returns."""
+    """What `train` returns.
+
+    Example:
+      >>> metax.experiment.TrainResult._fields
+      ('meta_state', 'history', 'evals', 'summary', 'per_task')
+    """
 
     meta_state: MetaLearnerState  # after the last meta-step
     history: dict[str, np.ndarray]  # per meta-step metrics of this call, `history["step"]` the indices
@@ -87,7 +92,14 @@ def sample_held_out(key: jax.Array, sample_task: Callable, num_tasks: int, batch
 
 class HeldOutEvaluator:
     """Scores a fixed set of held-out tasks: per-task metrics after `steps` adaptation
-    steps, `batch_size` tasks per compiled call (the last batch padded by wrapping)."""
+    steps, `batch_size` tasks per compiled call (the last batch padded by wrapping).
+
+    Example:
+      >>> learner = metax.learner.ModelAgnosticMetaLearning(meta_model, None, 1, optax.sgd(0.01), optax.adam(1e-3))
+      >>> evaluate = metax.experiment.HeldOutEvaluator(learner, metabatch, steps=1, key=rng)
+      >>> evaluate.num_tasks  # `evaluate(meta_state)` then gives one score per task
+      2
+    """
 
     def __init__(self, learner: MetaLearner, tasks: MetaDataset, steps: int, key: jax.Array, batch_size: int = 250) -> None:
         self.tasks = tasks
@@ -288,6 +300,9 @@ def train(
     Raises:
       RunError: when a watched metric or the hparams turn non-finite.
       ConfigError: for bad arguments, or a checkpoint that does not fit on resume.
+
+    Its runnable example, a trained and a resumed run, is the quick start guide's
+    (docs/quickstart.rst), so the examples compile one training loop, not two.
     """
     for label, value in (("steps", steps), ("meta_batch_size", meta_batch_size), ("eval_batch_size", eval_batch_size),
                          ("keep_checkpoints", keep_checkpoints)):

@@ -181,7 +181,14 @@ _current_source = ["metax"]
 
 
 def registry(kind: str) -> Registry:
-    """The registry of `kind` ("learners" or "learner", "modules", "tasks", ...)."""
+    """The registry of `kind` ("learners" or "learner", "modules", "tasks", ...).
+
+    Example:
+      >>> "maml" in metax.experiment.registry("learners")
+      True
+      >>> [p.name for p in metax.experiment.registry("tasks").get("sinusoid").params]
+      ['shots_train', 'shots_test']
+    """
     return REGISTRIES[_kind(kind)]
 
 
@@ -210,6 +217,13 @@ def register(
     `base_learner` / `base_model` (the network with its readout), `body` (the network
     without it), `hidden_dims`, `output_dim`, `input_shape`; a task's `split` ("train"
     or "test"). Every other parameter is a config key, typed by its annotation.
+
+    Example:
+      >>> @metax.experiment.register("optimizer", "docs_sgd_half", description="SGD at half the rate")
+      ... def sgd_half(learning_rate: float):
+      ...     return optax.sgd(learning_rate / 2)
+      >>> metax.experiment.registry("optimizer").get("docs_sgd_half").description
+      'SGD at half the rate'
     """
     kind = _kind(kind)
 
@@ -233,6 +247,15 @@ def load_plugin(path: str) -> None:
 
     Raises:
       ConfigError: if the file is missing or fails to import (with the error it raised).
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> plugin = pathlib.Path(tempfile.mkdtemp()) / "plugin.py"
+      >>> _ = plugin.write_text("import metax, optax\\n"
+      ...     "metax.experiment.register('optimizer', 'docs_plain_sgd', lambda learning_rate: optax.sgd(learning_rate))\\n")
+      >>> metax.experiment.load_plugin(str(plugin))
+      >>> metax.experiment.registry("optimizers").get("docs_plain_sgd").source == str(plugin)
+      True
     """
     path = os.path.abspath(path)
     if path in _plugins:

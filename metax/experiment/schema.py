@@ -310,7 +310,16 @@ class EvalConfig:
 @dataclasses.dataclass
 class ExperimentConfig:
     """A complete experiment. `task`, `model`, `module` and `learner` are resolved
-    components (`{"name": ..., **args}`)."""
+    components (`{"name": ..., **args}`).
+
+    Example:
+      >>> config = metax.experiment.parse_config(
+      ...     {"task": {"name": "linear"}, "model": {"name": "mlp"}, "module": {"name": "learned_init"},
+      ...      "learner": {"name": "reptile", "steps_inner": 3, "optim_fn_inner": {"name": "sgd", "learning_rate": 0.1},
+      ...                  "optim_fn_outer": {"name": "sgd", "learning_rate": 1.0}}}, name="demo")
+      >>> isinstance(config, metax.experiment.ExperimentConfig), config.seed
+      (True, 0)
+    """
 
     name: str
     task: Annotated[dict, ComponentOf(("tasks",))]
@@ -368,6 +377,14 @@ def parse_config(data: Any, *, name: Optional[str] = None, base_dir: str = ".") 
 
     Raises:
       ConfigError: for the first key at fault.
+
+    Example:
+      >>> config = metax.experiment.parse_config(
+      ...     {"task": {"name": "linear"}, "model": {"name": "mlp"}, "module": {"name": "learned_init"},
+      ...      "learner": {"name": "reptile", "steps_inner": 3, "optim_fn_inner": {"name": "sgd", "learning_rate": 0.1},
+      ...                  "optim_fn_outer": {"name": "sgd", "learning_rate": 1.0}}}, name="demo")
+      >>> config.learner["steps_inner"], config.train.meta_batch_size  # defaults filled in
+      (3, 25)
     """
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections (task, model, module, learner, ...), got {type(data).__name__}.")
@@ -483,6 +500,13 @@ def load_config(path: str, overrides: Optional[list[str]] = None) -> ExperimentC
 
     Raises:
       ConfigError: naming the file, the key and its line for the first problem found.
+
+    Example:
+      >>> import pathlib
+      >>> path = pathlib.Path(metax.__file__).resolve().parents[1] / "configs" / "sinusoid-maml.yaml"
+      >>> config = metax.experiment.load_config(str(path), ["train.steps=20"])
+      >>> config.name, config.train.steps, config.module["name"]
+      ('sinusoid-maml', 20, 'learned_init')
     """
     data, lines = read_yaml(path)
     if data is None:

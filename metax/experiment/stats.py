@@ -16,6 +16,11 @@ def interval(values: Any) -> dict:
 
     Returns:
       `{"mean", "ci95", "n"}` (`ci95` is nan for fewer than two values).
+
+    Example:
+      >>> entry = metax.experiment.interval([1.0, 2.0, 3.0])
+      >>> entry["mean"], entry["n"], round(entry["ci95"], 3)
+      (2.0, 3, 1.132)
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     n = values.size
@@ -28,7 +33,12 @@ def interval(values: Any) -> dict:
 
 
 def format_interval(entry: dict, digits: int = 3) -> str:
-    """`0.123 ± 0.004` (or just the mean when there is no interval)."""
+    """`0.123 ± 0.004` (or just the mean when there is no interval).
+
+    Example:
+      >>> metax.experiment.format_interval({"mean": 0.1234, "ci95": 0.0042, "n": 100})
+      '0.123 ± 0.004'
+    """
     mean, half = entry.get("mean", float("nan")), entry.get("ci95", float("nan"))
     if half is None or not np.isfinite(half):
         return f"{mean:.{digits}f}"
@@ -36,7 +46,15 @@ def format_interval(entry: dict, digits: int = 3) -> str:
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Optional[Sequence[str]] = None) -> str:
-    """A Markdown table; `align` holds "l" or "r" per column (default: first left, rest right)."""
+    """A Markdown table; `align` holds "l" or "r" per column (default: first left, rest right).
+
+    Example:
+      >>> print(metax.experiment.markdown_table(["learner", "MSE"], [["maml", "0.31"], ["reptile", "0.52"]]))
+      | learner | MSE |
+      | --- | ---: |
+      | maml | 0.31 |
+      | reptile | 0.52 |
+    """
     align = align or ["l"] + ["r"] * (len(header) - 1)
     rule = ["---" if a == "l" else "---:" for a in align]
     lines = ["| " + " | ".join(map(str, header)) + " |", "| " + " | ".join(rule) + " |"]

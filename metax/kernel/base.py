@@ -28,6 +28,15 @@ class LearnedOptimizer(abc.ABC):
     Attributes:
       num_steps: for per-step rules, the length of the schedule (inner loops may not be
         longer); None for rules that apply at every step.
+
+    Example:
+      >>> class HalfSGD(metax.kernel.LearnedOptimizer):  # SGD with a learned rate, halved
+      ...     def init(self, rng, params):
+      ...         return jnp.asarray(0.1)
+      ...     def optimizer(self, theta):
+      ...         return optax.sgd(theta / 2)
+      >>> metax.kernel.is_learned_optimizer(HalfSGD())
+      True
     """
 
     num_steps: Optional[int] = None
@@ -42,7 +51,12 @@ class LearnedOptimizer(abc.ABC):
 
 
 def is_learned_optimizer(obj: Any) -> bool:
-    """True for objects with `init` and `optimizer` (and no optax `update` of their own)."""
+    """True for objects with `init` and `optimizer` (and no optax `update` of their own).
+
+    Example:
+      >>> metax.kernel.is_learned_optimizer(metax.kernel.MetaSGD(0.1)), metax.kernel.is_learned_optimizer(optax.sgd(0.1))
+      (True, False)
+    """
     return callable(getattr(obj, "optimizer", None)) and callable(getattr(obj, "init", None)) and not hasattr(obj, "update")
 
 
@@ -51,6 +65,12 @@ def check_theta_matches(theta_tree: Any, params: Any, name: str) -> None:
 
     Raises:
       ValueError: naming the first tree path that differs.
+
+    Example:
+      >>> metax.kernel.check_theta_matches({"w": jnp.zeros(2)}, {"b": jnp.zeros(2)}, "MetaSGD")
+      Traceback (most recent call last):
+        ...
+      ValueError: ...
     """
     theta_paths = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(theta_tree)}
     param_paths = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params)}

@@ -38,7 +38,12 @@ _EPS = 1e-8
 
 
 class CoordinatewiseState(NamedTuple):
-    """State of `CoordinatewiseKernel`'s transformation (pytrees shaped like params)."""
+    """State of `CoordinatewiseKernel`'s transformation (pytrees shaped like params).
+
+    Example:
+      >>> metax.kernel.CoordinatewiseState._fields
+      ('momenta', 'second_moment', 'count')
+    """
 
     momenta: tuple  # one params-shaped pytree per decay: running averages of the gradient
     second_moment: Any  # params-shaped: running average of the squared gradient
@@ -70,7 +75,7 @@ class CoordinatewiseKernel(LearnedOptimizer):
         metric instead, which costs nothing and never raises.
 
     Example:
-      >>> kernel = CoordinatewiseKernel(hidden_sizes=(16,), step_size=0.01)
+      >>> kernel = metax.kernel.CoordinatewiseKernel(hidden_sizes=(16,), step_size=0.01)
       >>> learner = metax.learner.LearnedKernel(meta_model, None, 10, kernel, optax.adam(1e-3))
     """
 

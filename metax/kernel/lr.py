@@ -56,6 +56,15 @@ class MetaSGD(LearnedOptimizer):
     Args:
       lr_init: the initial rate of every entry.
       parameterization: "identity", "softplus" or "log".
+
+    Example:
+      >>> kernel = metax.kernel.MetaSGD(lr_init=0.1)
+      >>> params = {"w": jnp.array([1.0, 2.0])}
+      >>> theta = kernel.init(jax.random.PRNGKey(0), params)  # one rate per entry, meta-learned
+      >>> sgd = kernel.optimizer(theta)
+      >>> sgd.update({"w": jnp.array([1.0, -1.0])}, sgd.init(params), params)[0]
+      {'w': Array([-0.1,  0.1], dtype=float32)}
+      >>> learner = metax.learner.ModelAgnosticMetaLearning(meta_model, None, 1, kernel, optax.adam(1e-3))
     """
 
     def __init__(self, lr_init: float, parameterization: str = "identity") -> None:
@@ -83,7 +92,14 @@ class MetaSGD(LearnedOptimizer):
 
 
 class ScalarLR(LearnedOptimizer):
-    """One learned learning rate for all parameters (plain SGD with a meta-learned step)."""
+    """One learned learning rate for all parameters (plain SGD with a meta-learned step).
+
+    Example:
+      >>> kernel = metax.kernel.ScalarLR(lr_init=0.1)
+      >>> theta = kernel.init(jax.random.PRNGKey(0), {"w": jnp.zeros(2)})
+      >>> theta.shape, round(float(jnp.exp(theta)), 4)  # the "log" parameterisation
+      ((), 0.1)
+    """
 
     def __init__(self, lr_init: float, parameterization: str = "log") -> None:
         self.parameterization = parameterization
@@ -112,6 +128,12 @@ class LayerStepLR(LearnedOptimizer):
       lr_init: initial rate of every tensor at every step.
       num_steps: the schedule's length, at least the learner's `steps_inner`.
       parameterization: "identity", "softplus" or "log".
+
+    Example:
+      >>> kernel = metax.kernel.LayerStepLR(lr_init=0.1, num_steps=3)
+      >>> theta = kernel.init(jax.random.PRNGKey(0), {"w": jnp.zeros((4, 2)), "b": jnp.zeros(2)})
+      >>> jax.tree_util.tree_map(jnp.shape, theta)  # one rate per tensor and step
+      {'b': (3,), 'w': (3,)}
     """
 
     def __init__(self, lr_init: float, num_steps: int, parameterization: str = "identity") -> None:

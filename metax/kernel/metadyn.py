@@ -57,6 +57,14 @@ def finite_gradient_guard(grads: Any, step: jax.Array, name: str, dtype: Any) ->
     batched); the error then reaches the caller as the same ValueError, possibly wrapped
     in a `jax.errors.JaxRuntimeError`. Multiplying the update by the returned 1 keeps
     the check from being compiled away; its derivative is zero.
+
+    Example:
+      >>> metax.kernel.finite_gradient_guard({"w": jnp.ones(2)}, jnp.array(0), "demo", jnp.float32)
+      Array(1., dtype=float32)
+      >>> metax.kernel.finite_gradient_guard({"w": jnp.array([jnp.nan])}, jnp.array(3), "demo", jnp.float32)
+      Traceback (most recent call last):
+        ...
+      ValueError: ...
     """
     leaves = jax.tree_util.tree_leaves(grads)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
@@ -108,9 +116,13 @@ class MetadynamicKernel(hk.Module):
       `(batch, state_dim)`, or `(delta_z, memory)` when `memory_size > 0`.
 
     Example:
+      >>> from metax.kernel import MetadynamicKernel
+      >>> z, grad = jnp.zeros((1, 32)), jnp.ones((1, 32))
       >>> f_psi = hk.without_apply_rng(hk.transform(lambda z, g: MetadynamicKernel(32, 32)(z, g)))
-      >>> psi = f_psi.init(jax.random.PRNGKey(0), z, grad)
-      >>> delta_z = f_psi.apply(psi, z, grad)   # == -0.1 * grad before training
+      >>> psi = jax.jit(f_psi.init)(jax.random.PRNGKey(0), z, grad)
+      >>> delta_z = jax.jit(f_psi.apply)(psi, z, grad)
+      >>> bool(jnp.allclose(delta_z, -0.1 * grad, atol=1e-6))  # untrained: a small gradient step
+      True
     """
 
     def __init__(
@@ -196,7 +208,12 @@ class MetadynamicKernel(hk.Module):
 
 
 class MetadynamicState(NamedTuple):
-    """State of `MetadynamicOptimizer`'s transformation."""
+    """State of `MetadynamicOptimizer`'s transformation.
+
+    Example:
+      >>> metax.kernel.MetadynamicState._fields
+      ('memory', 'count')
+    """
 
     memory: jax.Array  # (batch, memory_size): the kernel's recurrent memory ((batch, 0) without one)
     count: jax.Array  # int32 scalar: the inner step about to be taken
@@ -220,6 +237,18 @@ class MetadynamicOptimizer(LearnedOptimizer):
         infinite gradient. Under `jit` the check is a host callback on every inner step
         (see `finite_gradient_guard`); in training read the learner's `nonfinite_inner`
         metric instead, which costs nothing and never raises.
+
+    Example:
+      >>> kernel = metax.kernel.MetadynamicOptimizer(state_dim=4, hidden_sizes=(8,))
+      >>> params = jnp.zeros((2, 4))  # two latent vectors, updated row by row
+      >>> theta = jax.jit(kernel.init)(jax.random.PRNGKey(0), params)
+      >>> @jax.jit
+      ... def step(theta, grads, params):
+      ...     rule = kernel.optimizer(theta)
+      ...     return rule.update(grads, rule.init(params), params)[0]
+      >>> updates = step(theta, jnp.ones((2, 4)), params)
+      >>> bool(jnp.allclose(updates, -0.1 * jnp.ones((2, 4)), atol=1e-6))  # untrained: a 0.1 step
+      True
     """
 
     def __init__(

@@ -32,7 +32,14 @@ Metrics = dict[str, jax.Array]
 
 
 class MetaLearnerState(NamedTuple):
-    """The outer loop's state."""
+    """The outer loop's state.
+
+    Example:
+      >>> learner = metax.learner.ModelAgnosticMetaLearning(meta_model, None, 1, optax.sgd(0.1), optax.adam(1e-3))
+      >>> state = learner.reset(jax.random.PRNGKey(0), sample_input)
+      >>> state._fields
+      ('hparams', 'hstate', 'optim')
+    """
 
     hparams: HParams  # meta-parameters (pytree of the module's choosing)
     hstate: HState  # meta-state, averaged over the meta-batch after each update
@@ -40,7 +47,12 @@ class MetaLearnerState(NamedTuple):
 
 
 class TaskOutcome(NamedTuple):
-    """What adapting to one task leaves behind (all leaves per task)."""
+    """What adapting to one task leaves behind (all leaves per task).
+
+    Example:
+      >>> metax.learner.TaskOutcome._fields
+      ('state', 'params', 'hstate')
+    """
 
     state: State  # model state after the query-set forward pass
     params: Params  # adapted params
@@ -248,6 +260,14 @@ class MetaLearner(abc.ABC):
       `super().__init__`; validate your own arguments there (a one-line error naming the
       argument). An implicit learner needs only its solver: subclass
       `ImplicitDifferentiation` and set `linear_solve` (see the README's iMAML example).
+
+    Example:
+      >>> learner = metax.learner.ModelAgnosticMetaLearning(meta_model, None, 1, optax.sgd(0.1), optax.adam(1e-3))
+      >>> isinstance(learner, metax.learner.MetaLearner)
+      True
+      >>> state = learner.reset(jax.random.PRNGKey(0), sample_input)
+      >>> jax.tree_util.tree_structure(state.hparams) == jax.tree_util.tree_structure(state.optim[0].mu)
+      True
     """
 
     first_order: bool = False  # stop gradients through inner-loop gradients

@@ -61,6 +61,16 @@ def train_from_scratch(
     Returns:
       Per-task metrics, each `(tasks,)`: `acc_outer` and `loss_outer` on the query set,
       `loss_inner_init` on the support set before training.
+
+    Example:
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 3))  # 2 tasks, 6 samples, 3 features
+      >>> y = jnp.tile(jnp.array([0, 1, 0, 1, 0, 1]), (2, 1))
+      >>> tasks = metax.data.MetaDataset(metax.data.Dataset(x, y), metax.data.Dataset(x, y))
+      >>> scratch = jax.jit(lambda key, tasks: metax.learner.train_from_scratch(key, tasks,
+      ...     network=metax.models.mlp_fn([4], 2), steps=2, optimizer=optax.sgd(0.1)))
+      >>> metrics = jax.eval_shape(scratch, jax.random.PRNGKey(1), tasks)  # traced, not compiled
+      >>> metrics["acc_outer"].shape  # one query accuracy per task
+      (2,)
     """
     check_metabatch(tasks, "tasks")
     learner = _evaluator(LearnedInit(loss_fn, loss_fn, network), steps, optimizer)
@@ -76,7 +86,12 @@ def train_from_scratch(
 
 
 class Classifier(NamedTuple):
-    """A body with a linear head, trained as one ordinary classifier."""
+    """A body with a linear head, trained as one ordinary classifier.
+
+    Example:
+      >>> metax.learner.Classifier._fields
+      ('body', 'head', 'state', 'opt_state')
+    """
 
     body: hk.Params  # the body's weights
     head: hk.Params  # linear readout: w (features, classes), b (classes,)
@@ -98,6 +113,14 @@ def init_classifier(
       sample_input: a batch of inputs `(samples, *input_shape)`.
       body: `hk.transform_with_state` (or `hk.transform`) of `f(x, is_training)` returning
         features `(samples, features)`, e.g. an MLP with `activate_final=True`.
+
+    Example:
+      >>> body = hk.transform_with_state(lambda x, is_training: metax.models.MultilayerPerceptron([4], activate_final=True)(x, is_training))
+      >>> sample_batch = lambda key: metax.data.Dataset(jax.random.normal(key, (8, 3)), jnp.arange(8) % 2)
+      >>> clf = metax.learner.init_classifier(jax.random.PRNGKey(0), jnp.zeros((8, 3)), body=body,
+      ...     num_classes=2, optimizer=optax.adam(1e-2))
+      >>> jax.tree_util.tree_map(jnp.shape, clf.head)
+      {'head': {'b': (2,), 'w': (4, 2)}}
     """
     body = as_transformed_with_state(body, "body")
     rng_body, rng_head = jax.random.split(rng)
@@ -127,6 +150,16 @@ def train_classifier(
 
     Returns:
       `(classifier, losses)`: the trained classifier and the loss of every step `(steps,)`.
+
+    Example:
+      >>> body = hk.transform_with_state(lambda x, is_training: metax.models.MultilayerPerceptron([4], activate_final=True)(x, is_training))
+      >>> sample_batch = lambda key: metax.data.Dataset(jax.random.normal(key, (8, 3)), jnp.arange(8) % 2)
+      >>> clf = metax.learner.init_classifier(jax.random.PRNGKey(0), jnp.zeros((8, 3)), body=body,
+      ...     num_classes=2, optimizer=optax.adam(1e-2))
+      >>> clf, losses = metax.learner.train_classifier(jax.random.PRNGKey(1), clf, sample_batch,
+      ...     body=body, steps=3, optimizer=optax.adam(1e-2))
+      >>> losses.shape
+      (3,)
     """
     body = as_transformed_with_state(body, "body")
     num_classes = classifier.head["head"]["b"].shape[-1]
@@ -159,7 +192,16 @@ def pretrain_classifier(
     steps: int,
     optimizer: optax.GradientTransformation,
 ) -> tuple[Classifier, jax.Array]:
-    """`init_classifier` on a first batch, then `train_classifier` for `steps` steps."""
+    """`init_classifier` on a first batch, then `train_classifier` for `steps` steps.
+
+    Example:
+      >>> body = hk.transform_with_state(lambda x, is_training: metax.models.MultilayerPerceptron([4], activate_final=True)(x, is_training))
+      >>> sample_batch = lambda key: metax.data.Dataset(jax.random.normal(key, (8, 3)), jnp.arange(8) % 2)
+      >>> clf, losses = metax.learner.pretrain_classifier(jax.random.PRNGKey(0), sample_batch,
+      ...     body=body, num_classes=2, steps=3, optimizer=optax.adam(1e-2))
+      >>> isinstance(clf, metax.learner.Classifier), losses.shape
+      (True, (3,))
+    """
     rng_init, rng_train = jax.random.split(rng)
     sample_input = sample_batch(rng_init).x
     classifier = init_classifier(rng_init, sample_input, body=body, num_classes=num_classes, optimizer=optimizer)
@@ -199,6 +241,20 @@ def finetune_head(
 
     Returns:
       Per-task metrics, each `(tasks,)`: `acc_outer`, `loss_outer`, `loss_inner_init`.
+
+    Example:
+      >>> body = hk.transform_with_state(lambda x, is_training: metax.models.MultilayerPerceptron([4], activate_final=True)(x, is_training))
+      >>> sample_batch = lambda key: metax.data.Dataset(jax.random.normal(key, (8, 3)), jnp.arange(8) % 2)
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 3))  # 2 tasks, 6 samples, 3 features
+      >>> y = jnp.tile(jnp.array([0, 1, 0, 1, 0, 1]), (2, 1))
+      >>> tasks = metax.data.MetaDataset(metax.data.Dataset(x, y), metax.data.Dataset(x, y))
+      >>> clf, _ = jax.eval_shape(lambda key: metax.learner.pretrain_classifier(key, sample_batch,
+      ...     body=body, num_classes=2, steps=1, optimizer=optax.adam(1e-2)), jax.random.PRNGKey(0))
+      >>> finetune = jax.jit(lambda key, tasks, clf: metax.learner.finetune_head(key, tasks, clf,
+      ...     body=body, ways=2, steps=2, optimizer=optax.sgd(0.1)))
+      >>> metrics = jax.eval_shape(finetune, jax.random.PRNGKey(1), tasks, clf)  # traced, not compiled
+      >>> metrics["acc_outer"].shape
+      (2,)
     """
     check_metabatch(tasks, "tasks")
     body = as_transformed_with_state(body, "body")

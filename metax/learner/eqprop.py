@@ -38,6 +38,14 @@ class EquilibriumPropagation(MetaLearner):
       ValueError: at construction, for beta <= 0, or a module none of whose hparams could
         learn: all act only through the inner loop's starting point (their contrast would
         be zero); a warning names such hparams when others learn.
+
+    Example:
+      >>> imaml = metax.module.LearnedInit(metax.energy.SquaredError(), metax.energy.SquaredError(),
+      ...     metax.models.mlp_fn([8], 1), reg_strength=1.0, output_dim=1)
+      >>> learner = metax.learner.EquilibriumPropagation(
+      ...     imaml, None, 5, 5, optax.sgd(0.1), optax.sgd(0.1), optax.adam(1e-3), 0.1)
+      >>> learner.beta, learner.steps_nudged
+      (0.1, 5)
     """
 
     end_point_gradient = True
@@ -113,7 +121,16 @@ class EquilibriumPropagation(MetaLearner):
 
 
 class SymmetricEquilibriumPropagation(EquilibriumPropagation):
-    """Nudges by +beta and -beta from the same free solution: O(beta^2) bias."""
+    """Nudges by +beta and -beta from the same free solution: O(beta^2) bias.
+
+    Example:
+      >>> imaml = metax.module.LearnedInit(metax.energy.SquaredError(), metax.energy.SquaredError(),
+      ...     metax.models.mlp_fn([8], 1), reg_strength=1.0, output_dim=1)
+      >>> learner = metax.learner.SymmetricEquilibriumPropagation(
+      ...     imaml, None, 5, 5, optax.sgd(0.1), optax.sgd(0.1), optax.adam(1e-3), 0.1)
+      >>> isinstance(learner, metax.learner.EquilibriumPropagation)
+      True
+    """
 
     def nudges(self) -> tuple[float, float]:
         return self.beta, -self.beta

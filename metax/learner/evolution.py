@@ -49,7 +49,7 @@ class Evosax(MetaLearner):
         strategy has one, "best" for population-based strategies.
 
     Example:
-      >>> learner = Evosax(meta_model, None, 5, optax.sgd(0.01), input_shape=(1,),
+      >>> learner = metax.learner.Evosax(meta_model, None, 5, optax.sgd(0.01), input_shape=(1,),
       ...     algorithm="CMA_ES", evosax_kwargs=dict(popsize=8, elite_ratio=0.1))
     """
 

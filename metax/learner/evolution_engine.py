@@ -62,7 +62,12 @@ LEGACY_NAMES = {
 
 
 class EvolutionState(NamedTuple):
-    """`MetaLearnerState.optim` of the evolution learners."""
+    """`MetaLearnerState.optim` of the evolution learners.
+
+    Example:
+      >>> metax.learner.EvolutionState._fields
+      ('strategy_state', 'strategy_params')
+    """
 
     strategy_state: Any  # evosax state (mean, std, covariance, archive, ...)
     strategy_params: Any  # evosax params (fixed hyperparameters of the strategy)

@@ -41,6 +41,15 @@ class ImplicitDifferentiation(MetaLearner):
         `hparams_fields`), if no hparam could receive a meta-gradient: every hparam only
         sets the inner loop's starting point (`check_implicit_compatible`, which also warns
         about such hparams when others learn). Every subclass gets this check.
+
+    Example:
+      >>> imaml = metax.module.LearnedInit(metax.energy.SquaredError(), metax.energy.SquaredError(),
+      ...     metax.models.mlp_fn([8], 1), reg_strength=1.0, output_dim=1)
+      >>> class Exact(metax.learner.ImplicitDifferentiation):  # H^-1 by an exact dense solve
+      ...     def linear_solve(self, matvec, b):
+      ...         return metax.learner.solve_cg(maxiter=100)(matvec, b)
+      >>> Exact(imaml, None, 5, optax.sgd(0.1), optax.adam(1e-3)).end_point_gradient
+      True
     """
 
     end_point_gradient = True
@@ -104,6 +113,14 @@ class ConjugateGradient(ImplicitDifferentiation):
       cg_damping: divides the Hessian (metax's convention), > 0.
       cg_reg: Tikhonov term added to the scaled Hessian, >= 0.
       linsolver: "cg", "gmres", "bicgstab", or a function `solve(matvec, b) -> x`.
+
+    Example:
+      >>> imaml = metax.module.LearnedInit(metax.energy.SquaredError(), metax.energy.SquaredError(),
+      ...     metax.models.mlp_fn([8], 1), reg_strength=1.0, output_dim=1)
+      >>> learner = metax.learner.ConjugateGradient(imaml, None, 5, 10, optax.sgd(0.1), optax.adam(1e-3))
+      >>> state = learner.reset(jax.random.PRNGKey(0), sample_input)
+      >>> type(state).__name__
+      'MetaLearnerState'
     """
 
     def __init__(
@@ -155,6 +172,13 @@ class RecurrentBackpropagation(ImplicitDifferentiation):
         see `MetaLearner`.
       steps_rbp: Neumann terms, an int >= 0.
       alpha: the Neumann step, > 0.
+
+    Example:
+      >>> imaml = metax.module.LearnedInit(metax.energy.SquaredError(), metax.energy.SquaredError(),
+      ...     metax.models.mlp_fn([8], 1), reg_strength=1.0, output_dim=1)
+      >>> learner = metax.learner.RecurrentBackpropagation(imaml, None, 5, 20, optax.sgd(0.1), optax.adam(1e-3), 0.1)
+      >>> learner.steps_rbp
+      20
     """
 
     def __init__(
@@ -189,4 +213,11 @@ class T1T2(ImplicitDifferentiation):
     """Implicit gradients with the identity for H^{-1}: d_h L_out - (d_p d_h L_in)^T d_p L_out.
 
     Same arguments as `MetaLearner`.
+
+    Example:
+      >>> imaml = metax.module.LearnedInit(metax.energy.SquaredError(), metax.energy.SquaredError(),
+      ...     metax.models.mlp_fn([8], 1), reg_strength=1.0, output_dim=1)
+      >>> learner = metax.learner.T1T2(imaml, None, 5, optax.sgd(0.1), optax.adam(1e-3))
+      >>> learner.linear_solve is metax.learner.solve_identity
+      True
     """

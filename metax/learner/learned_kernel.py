@@ -80,9 +80,10 @@ class LearnedKernel(ModelAgnosticMetaLearning):
 
     Example:
       >>> kernel = metax.kernel.CoordinatewiseKernel(hidden_sizes=(16,), step_size=0.01)
-      >>> learner = LearnedKernel(meta_model, None, 20, kernel, optax.adam(1e-3), truncation=10)
+      >>> learner = metax.learner.LearnedKernel(meta_model, None, 20, kernel, optax.adam(1e-3), truncation=10)
       >>> meta_state = learner.reset(jax.random.PRNGKey(0), sample_input)
-      >>> meta_state, metrics = jax.jit(learner.update)(rng, meta_state, metabatch)
+
+    `jax.jit(learner.update)(rng, meta_state, metabatch)` then takes one meta-step.
     """
 
     def __init__(

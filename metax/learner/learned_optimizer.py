@@ -20,7 +20,15 @@ from metax.module.base import MetaModule
 
 
 class LearnedOptimizerHParams(NamedTuple):
-    """Hparams of a module run with a learned inner optimiser."""
+    """Hparams of a module run with a learned inner optimiser.
+
+    Example:
+      >>> learner = metax.learner.ModelAgnosticMetaLearning(
+      ...     meta_model, None, 1, metax.kernel.ScalarLR(0.1), optax.adam(1e-3))
+      >>> state = learner.reset(jax.random.PRNGKey(0), sample_input)
+      >>> type(state.hparams).__name__, state.hparams._fields
+      ('LearnedOptimizerHParams', ('module', 'optimizer'))
+    """
 
     module: Any  # the module's own hparams
     optimizer: Any  # the learned optimiser's meta-parameters theta
@@ -46,6 +54,12 @@ class WithLearnedOptimizer(MetaModule):
     Learners build this themselves when `optim_fn_inner` is a learned optimiser; the
     wrapped module sees only its own hparams. Its attributes stay reachable through the
     wrapper, the `MetaModule` properties `init_keys` and `anchors_init` included.
+
+    Example:
+      >>> learner = metax.learner.ModelAgnosticMetaLearning(
+      ...     meta_model, None, 1, metax.kernel.ScalarLR(0.1), optax.adam(1e-3))
+      >>> type(learner.meta_model).__name__, learner.meta_model.module is meta_model
+      ('WithLearnedOptimizer', True)
     """
 
     def __init__(self, module: MetaModule, learned_optimizer: Any) -> None:

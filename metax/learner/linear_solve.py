@@ -27,17 +27,37 @@ def _scipy_solver(name: str, maxiter: int, **kwargs) -> LinearSolve:
 
 
 def solve_cg(maxiter: int, tol: float = 1e-10) -> LinearSolve:
-    """Conjugate gradient (H symmetric positive definite), at most `maxiter` iterations."""
+    """Conjugate gradient (H symmetric positive definite), at most `maxiter` iterations.
+
+    Example:
+      >>> H = jnp.array([[2.0, 0.0], [0.0, 4.0]])
+      >>> metax.learner.solve_cg(maxiter=10)(lambda v: H @ v, jnp.array([2.0, 2.0]))
+      Array([1. , 0.5], dtype=float32)
+    """
     return _scipy_solver("cg", maxiter, tol=tol)
 
 
 def solve_gmres(maxiter: int, tol: float = 1e-10) -> LinearSolve:
-    """GMRES (any non-singular H), at most `maxiter` restarts."""
+    """GMRES (any non-singular H), at most `maxiter` restarts.
+
+    Example:
+      >>> H = jnp.array([[2.0, 1.0], [0.0, 4.0]])  # not symmetric
+      >>> x = metax.learner.solve_gmres(maxiter=10)(lambda v: H @ v, jnp.array([3.0, 4.0]))
+      >>> bool(jnp.allclose(x, jnp.array([1.0, 1.0])))
+      True
+    """
     return _scipy_solver("gmres", maxiter, tol=tol)
 
 
 def solve_bicgstab(maxiter: int, tol: float = 1e-10) -> LinearSolve:
-    """BiCGSTAB (any non-singular H), at most `maxiter` iterations."""
+    """BiCGSTAB (any non-singular H), at most `maxiter` iterations.
+
+    Example:
+      >>> H = jnp.array([[2.0, 1.0], [0.0, 4.0]])
+      >>> x = metax.learner.solve_bicgstab(maxiter=10)(lambda v: H @ v, jnp.array([3.0, 4.0]))
+      >>> bool(jnp.allclose(x, jnp.array([1.0, 1.0])))
+      True
+    """
     return _scipy_solver("bicgstab", maxiter, tol=tol)
 
 
@@ -65,6 +85,12 @@ def solve_neumann(steps: int, alpha: float) -> LinearSolve:
 
     The recurrent backpropagation approximation (Liao et al., 2018); converges to H^{-1} b
     when the spectrum of alpha H lies in (0, 2).
+
+    Example:
+      >>> H = jnp.array([[2.0, 0.0], [0.0, 4.0]])
+      >>> x = metax.learner.solve_neumann(steps=200, alpha=0.2)(lambda v: H @ v, jnp.array([2.0, 2.0]))
+      >>> bool(jnp.allclose(x, jnp.array([1.0, 0.5]), atol=1e-4))
+      True
     """
     series = neumann_series(steps, alpha)
     return lambda matvec, b: series(matvec, b)[0]
@@ -75,7 +101,12 @@ def _norm(tree: Any) -> jax.Array:
 
 
 def solve_identity(matvec: MatVec, b: Any) -> Any:
-    """H^{-1} ~ I: the T1-T2 approximation (Luketina et al., 2016)."""
+    """H^{-1} ~ I: the T1-T2 approximation (Luketina et al., 2016).
+
+    Example:
+      >>> metax.learner.solve_identity(lambda v: 2.0 * v, jnp.array([1.0, 3.0]))
+      Array([1., 3.], dtype=float32)
+    """
     del matvec
     return b
 

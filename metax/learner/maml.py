@@ -30,10 +30,12 @@ class ModelAgnosticMetaLearning(MetaLearner):
         of about sqrt(steps_inner) steps: memory O(sqrt(K)) instead of O(K)).
 
     Example:
-      >>> learner = ModelAgnosticMetaLearning(meta_model, batch_size=None, steps_inner=5,
+      >>> learner = metax.learner.ModelAgnosticMetaLearning(meta_model, batch_size=None, steps_inner=5,
       ...     optim_fn_inner=optax.sgd(0.01), optim_fn_outer=optax.adam(1e-3), first_order=False)
       >>> meta_state = learner.reset(jax.random.PRNGKey(0), sample_input)
       >>> meta_state, metrics = jax.jit(learner.update)(rng, meta_state, metabatch)
+      >>> bool(jnp.isfinite(metrics["loss_outer"]))
+      True
     """
 
     can_learn_optimizer = True

@@ -30,13 +30,18 @@ def _concatenate(a: Dataset, b: Dataset) -> Dataset:
 class Reptile(MetaLearner):
     """Reptile over a module with a learned initialisation (e.g. `LearnedInit`).
 
-    Args:
-      meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, extra_metrics,
-        truncation, remat: see `MetaLearner` (Reptile takes no gradient through the
-        inner loop, so it refuses truncation and remat).
+    The arguments (`meta_model`, `batch_size`, `steps_inner`, `optim_fn_inner`,
+    `optim_fn_outer`, `extra_metrics`, `truncation`, `remat`) are `MetaLearner`'s; Reptile
+    takes no gradient through the inner loop, so it refuses truncation and remat.
 
     Raises:
       ValueError: at construction, if the module has no initialisation to move.
+
+    Example:
+      >>> learner = metax.learner.Reptile(meta_model, None, 5, optax.sgd(0.1), optax.sgd(1.0))
+      >>> state = learner.reset(jax.random.PRNGKey(0), sample_input)
+      >>> list(state.hparams._fields)
+      ['base_learner_init']
     """
 
     accumulate_hgrads = False  # BufferedReptile sums partial hparam gradients
@@ -99,6 +104,12 @@ class Reptile(MetaLearner):
 
 class BufferedReptile(Reptile):
     """Reptile whose non-initialisation hparams receive the sum of the partial hparam
-    gradients accumulated along the inner loop, rather than the gradient at its end."""
+    gradients accumulated along the inner loop, rather than the gradient at its end.
+
+    Example:
+      >>> learner = metax.learner.BufferedReptile(meta_model, None, 5, optax.sgd(0.1), optax.sgd(1.0))
+      >>> isinstance(learner, metax.learner.Reptile)
+      True
+    """
 
     accumulate_hgrads = True

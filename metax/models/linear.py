@@ -24,6 +24,12 @@ class LinearBlock(hk.Module, metaclass=TransformOutsideHaiku):
         "running" (default), "support", "per_step" or "transductive"; see
         `metax.models.norm`.
       batch_norm_steps: the number of inner steps, for "per_step" only.
+
+    Example:
+      >>> block = metax.models.LinearBlock(4, batch_norm=True)
+      >>> weights, state = block.init(jax.random.PRNGKey(0), jnp.ones((5, 3)), is_training=True)
+      >>> block.apply(weights, state, None, jnp.ones((5, 3)), True)[0].shape
+      (5, 4)
     """
 
     def __init__(
@@ -58,7 +64,14 @@ class LinearBlock(hk.Module, metaclass=TransformOutsideHaiku):
 
 class Linear(LinearBlock):
     """A linear layer called as `layer(inputs, is_training)`: `LinearBlock` without batch norm
-    (metax's `metax.models.Linear`; outside `hk.transform` a `hk.transform_with_state` pair)."""
+    (metax's `metax.models.Linear`; outside `hk.transform` a `hk.transform_with_state` pair).
+
+    Example:
+      >>> layer = metax.models.Linear(2)
+      >>> weights, state = layer.init(jax.random.PRNGKey(0), jnp.ones((5, 3)), is_training=True)
+      >>> layer.apply(weights, state, None, jnp.ones((5, 3)), True)[0].shape
+      (5, 2)
+    """
 
     def __init__(
         self,

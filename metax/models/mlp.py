@@ -28,6 +28,12 @@ class MultilayerPerceptron(hk.Module, metaclass=TransformOutsideHaiku):
       batch_norm_policy, batch_norm_steps: with `batch_norm`, what it uses in the inner
         loop and the query pass ("running", "support", "per_step" with the number of
         inner steps, or "transductive"; see `metax.models.norm`).
+
+    Example:
+      >>> net = metax.models.MultilayerPerceptron([8, 1])  # outside hk.transform: an init/apply pair
+      >>> weights, state = net.init(jax.random.PRNGKey(0), jnp.zeros((3, 2)), is_training=True)
+      >>> net.apply(weights, state, None, jnp.zeros((3, 2)), True)[0].shape
+      (3, 1)
     """
 
     def __init__(
@@ -89,6 +95,14 @@ class MultilayerPerceptron(hk.Module, metaclass=TransformOutsideHaiku):
 
 
 def mlp_fn(hidden_dims: Sequence[int], output_dim: int, **kwargs) -> hk.TransformedWithState:
-    """`hk.transform_with_state` of an MLP with call signature `(x, is_training)`."""
+    """`hk.transform_with_state` of an MLP with call signature `(x, is_training)`.
+
+    Example:
+      >>> net = metax.models.mlp_fn([16], output_dim=3)
+      >>> weights, _ = jax.eval_shape(lambda key, x: net.init(key, x, is_training=True),
+      ...                             jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+      >>> [leaf.shape for leaf in jax.tree_util.tree_leaves(weights)]  # (b, w) per layer
+      [(16,), (4, 16), (3,), (16, 3)]
+    """
     sizes = tuple(hidden_dims) + (output_dim,)
     return hk.transform_with_state(lambda x, is_training: MultilayerPerceptron(sizes, **kwargs)(x, is_training))

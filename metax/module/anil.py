@@ -28,19 +28,47 @@ from metax.module.base import (
 
 
 class AlmostNoInnerLoopMetaParams(NamedTuple):
+    """Meta-parameters (hparams) of `AlmostNoInnerLoop`, trained by the outer loop.
+
+    Example:
+      >>> metax.module.AlmostNoInnerLoopMetaParams._fields
+      ('body', 'head_init')
+    """
+
     body: hk.Params  # the feature extractor's weights (meta-learned, never adapted)
     head_init: hk.Params  # the linear head every task starts from: w (features, output_dim), b (output_dim,)
 
 
 class AlmostNoInnerLoopMetaState(NamedTuple):
+    """Meta-state (hstate) of `AlmostNoInnerLoop`, shared by all tasks and averaged over the meta-batch.
+
+    Example:
+      >>> metax.module.AlmostNoInnerLoopMetaState._fields
+      ('body',)
+    """
+
     body: hk.State  # the body's haiku state (batch-norm statistics), averaged over tasks
 
 
 class AlmostNoInnerLoopParams(NamedTuple):
+    """One task's parameters (params) of `AlmostNoInnerLoop`, adapted by the inner loop.
+
+    Example:
+      >>> metax.module.AlmostNoInnerLoopParams._fields
+      ('head',)
+    """
+
     head: hk.Params  # the task's adapted linear head
 
 
 class AlmostNoInnerLoopState(NamedTuple):
+    """One task's model state of `AlmostNoInnerLoop`, carried through the inner loop.
+
+    Example:
+      >>> metax.module.AlmostNoInnerLoopState._fields
+      ('body',)
+    """
+
     body: hk.State  # the task's copy of the body state, updated by training-mode passes
 
 

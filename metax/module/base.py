@@ -40,6 +40,13 @@ class MetaModule(abc.ABC):
     Args:
       loss_fn_inner: the energy the inner loop minimises over `params` (support set).
       loss_fn_outer: the energy the outer loop minimises over `hparams` (query set).
+
+    Example:
+      >>> hparams, hstate = meta_model.reset_hparams(jax.random.PRNGKey(0), sample_input)
+      >>> params, state = meta_model.reset_params(jax.random.PRNGKey(1), hparams, hstate, sample_input)
+      >>> output, _ = meta_model(rng, state, hstate, params, hparams, sample_input, is_training=True)
+      >>> output.shape
+      (5, 1)
     """
 
     def __init__(self, loss_fn_inner: EnergyFunction, loss_fn_outer: EnergyFunction) -> None:
@@ -49,7 +56,7 @@ class MetaModule(abc.ABC):
 
     @property
     def init_keys(self) -> dict[str, str]:
-        """`{params_field: hparams_field}` for params whose starting value is an hparam.
+        """``{params_field: hparams_field}`` for params whose starting value is an hparam.
 
         Learners that move an initialisation (Reptile) need this to be non-empty; implicit
         learners refuse to learn these hparams unless `anchors_init` says the inner loss

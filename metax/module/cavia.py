@@ -29,19 +29,47 @@ from metax.module.base import MetaModule, as_transformed_with_state, check_posit
 
 
 class CAVIAMetaParams(NamedTuple):
+    """Meta-parameters (hparams) of `CAVIA`, trained by the outer loop.
+
+    Example:
+      >>> metax.module.CAVIAMetaParams._fields
+      ('base', 'context_init')
+    """
+
     base: hk.Params  # all weights of base_model (meta-learned, never adapted)
     context_init: Optional[jax.Array]  # (embedding_dim,) start of every task's context if learn_init, else None (zeros)
 
 
 class CAVIAMetaState(NamedTuple):
+    """Meta-state (hstate) of `CAVIA`, shared by all tasks and averaged over the meta-batch.
+
+    Example:
+      >>> metax.module.CAVIAMetaState._fields
+      ('base',)
+    """
+
     base: hk.State  # base_model's haiku state (batch-norm statistics), averaged over tasks
 
 
 class CAVIAParams(NamedTuple):
+    """One task's parameters (params) of `CAVIA`, adapted by the inner loop.
+
+    Example:
+      >>> metax.module.CAVIAParams._fields
+      ('context',)
+    """
+
     context: jax.Array  # (embedding_dim,) the task's context parameters
 
 
 class CAVIAState(NamedTuple):
+    """One task's model state of `CAVIA`, carried through the inner loop.
+
+    Example:
+      >>> metax.module.CAVIAState._fields
+      ('base',)
+    """
+
     base: hk.State  # the task's copy of base_model's state, updated by training-mode passes
 
 

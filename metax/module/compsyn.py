@@ -28,19 +28,47 @@ from metax.module.base import MetaModule, as_transformed_with_state, check_energ
 
 
 class ComplexSynapseMetaParams(NamedTuple):
+    """Meta-parameters (hparams) of `ComplexSynapse`, trained by the outer loop.
+
+    Example:
+      >>> metax.module.ComplexSynapseMetaParams._fields
+      ('omega', 'log_lambda')
+    """
+
     omega: hk.Params  # rest value and starting point of every weight
     log_lambda: Optional[hk.Params]  # per-weight log pull strength, as omega; None if l2_fixed
 
 
 class ComplexSynapseMetaState(NamedTuple):
+    """Meta-state (hstate) of `ComplexSynapse`, shared by all tasks and averaged over the meta-batch.
+
+    Example:
+      >>> metax.module.ComplexSynapseMetaState._fields
+      ('base_learner',)
+    """
+
     base_learner: hk.State  # the network's haiku state (batch-norm statistics), averaged over tasks
 
 
 class ComplexSynapseParams(NamedTuple):
+    """One task's parameters (params) of `ComplexSynapse`, adapted by the inner loop.
+
+    Example:
+      >>> metax.module.ComplexSynapseParams._fields
+      ('base_learner',)
+    """
+
     base_learner: hk.Params  # the task's adapted weights
 
 
 class ComplexSynapseState(NamedTuple):
+    """One task's model state of `ComplexSynapse`, carried through the inner loop.
+
+    Example:
+      >>> metax.module.ComplexSynapseState._fields
+      ('base_learner',)
+    """
+
     base_learner: hk.State  # the task's copy of the network state, updated by training-mode passes
 
 

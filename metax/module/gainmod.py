@@ -30,6 +30,13 @@ from metax.module.base import (
 
 
 class GainModMetaParams(NamedTuple):
+    """Meta-parameters (hparams) of `GainMod`, trained by the outer loop.
+
+    Example:
+      >>> metax.module.GainModMetaParams._fields
+      ('body', 'gain_init', 'shift_init', 'head_init')
+    """
+
     body: hk.Params  # the body's weights (meta-learned, never adapted)
     gain_init: tuple[jax.Array, ...]  # one (hidden_dims[l],) gain per hidden layer, initially ones
     shift_init: tuple[jax.Array, ...]  # one (hidden_dims[l],) shift per hidden layer, initially zeros
@@ -37,16 +44,37 @@ class GainModMetaParams(NamedTuple):
 
 
 class GainModMetaState(NamedTuple):
+    """Meta-state (hstate) of `GainMod`, shared by all tasks and averaged over the meta-batch.
+
+    Example:
+      >>> metax.module.GainModMetaState._fields
+      ('body',)
+    """
+
     body: hk.State  # the body's haiku state (batch-norm statistics), averaged over tasks
 
 
 class GainModParams(NamedTuple):
+    """One task's parameters (params) of `GainMod`, adapted by the inner loop.
+
+    Example:
+      >>> metax.module.GainModParams._fields
+      ('gain', 'shift', 'head')
+    """
+
     gain: tuple[jax.Array, ...]  # the task's gains, shapes as gain_init
     shift: tuple[jax.Array, ...]  # the task's shifts, shapes as shift_init
     head: Optional[hk.Params]  # the task's readout if adapt_head, else None (head_init is used)
 
 
 class GainModState(NamedTuple):
+    """One task's model state of `GainMod`, carried through the inner loop.
+
+    Example:
+      >>> metax.module.GainModState._fields
+      ('body',)
+    """
+
     body: hk.State  # the task's copy of the body state, updated by training-mode passes
 
 

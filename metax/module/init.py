@@ -22,18 +22,46 @@ from metax.module.base import MetaModule, as_transformed_with_state, check_energ
 
 
 class LearnedInitMetaParams(NamedTuple):
+    """Meta-parameters (hparams) of `LearnedInit`, trained by the outer loop.
+
+    Example:
+      >>> metax.module.LearnedInitMetaParams._fields
+      ('base_learner_init',)
+    """
+
     base_learner_init: hk.Params  # the initial weights every task starts from
 
 
 class LearnedInitMetaState(NamedTuple):
+    """Meta-state (hstate) of `LearnedInit`, shared by all tasks and averaged over the meta-batch.
+
+    Example:
+      >>> metax.module.LearnedInitMetaState._fields
+      ('base_learner',)
+    """
+
     base_learner: hk.State  # the network's haiku state (batch-norm statistics), averaged over tasks
 
 
 class LearnedInitParams(NamedTuple):
+    """One task's parameters (params) of `LearnedInit`, adapted by the inner loop.
+
+    Example:
+      >>> metax.module.LearnedInitParams._fields
+      ('base_learner',)
+    """
+
     base_learner: hk.Params  # the task's adapted weights
 
 
 class LearnedInitState(NamedTuple):
+    """One task's model state of `LearnedInit`, carried through the inner loop.
+
+    Example:
+      >>> metax.module.LearnedInitState._fields
+      ('base_learner',)
+    """
+
     base_learner: hk.State  # the task's copy of the network state, updated by training-mode passes
 
 

@@ -8,7 +8,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 class TaskMesh(NamedTuple):
-    """Shardings for data parallelism over tasks."""
+    """Shardings for data parallelism over tasks.
+
+    Example:
+      >>> metax.parallel.TaskMesh._fields
+      ('mesh', 'replicated', 'by_task')
+    """
 
     mesh: Mesh  # one axis, "tasks"
     replicated: NamedSharding  # for the meta-state: a full copy on every device
@@ -30,6 +35,10 @@ def task_mesh(devices: int, meta_batch_size: int) -> Optional[TaskMesh]:
     Raises:
       ValueError: for more devices than exist, or a meta-batch that does not split evenly,
         saying what to change.
+
+    Example:
+      >>> metax.parallel.task_mesh(1, meta_batch_size=8) is None  # one device: no mesh
+      True
     """
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         raise ValueError(f"devices must be a positive int, got {devices!r}.")

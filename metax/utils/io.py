@@ -169,11 +169,27 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
-    """Writes `payload` as indented JSON, atomically; non-finite numbers become `null`."""
+    """Writes `payload` as indented JSON, atomically; non-finite numbers become `null`.
+
+    Example:
+      >>> import json, os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "summary.json")
+      >>> metax.experiment.write_json_atomic(path, {"loss": float("nan"), "n": 3})
+      >>> json.load(open(path))
+      {'loss': None, 'n': 3}
+    """
     write_text_atomic(path, dumps_json(payload))
 
 
 def save_npz_atomic(path: str, arrays: dict, *, overwrite: bool = True) -> None:
-    """Writes `arrays` as an uncompressed `.npz` at `path`, atomically (see `atomic_write`)."""
+    """Writes `arrays` as an uncompressed `.npz` at `path`, atomically (see `atomic_write`).
+
+    Example:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "scores.npz")
+      >>> metax.experiment.save_npz_atomic(path, {"loss": np.array([0.5, 0.25])})
+      >>> np.load(path)["loss"]
+      array([0.5 , 0.25])
+    """
     with atomic_write(path, "wb", overwrite=overwrite) as handle:
         np.savez(handle, **arrays)

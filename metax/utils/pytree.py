@@ -7,7 +7,12 @@ import jax.numpy as jnp
 
 
 def append_keys(metrics: Mapping[str, Any], suffix: str) -> dict[str, Any]:
-    """Returns `metrics` with `_suffix` appended to every key (`loss` -> `loss_outer`)."""
+    """Returns `metrics` with `_suffix` appended to every key (`loss` -> `loss_outer`).
+
+    Example:
+      >>> metax.utils.append_keys({"loss": 1.0, "acc": 0.5}, "outer")
+      {'loss_outer': 1.0, 'acc_outer': 0.5}
+    """
     return {f"{key}_{suffix}": value for key, value in metrics.items()}
 
 
@@ -16,6 +21,10 @@ def tree_length(tree: Any) -> int:
 
     Raises:
       ValueError: if the tree has no array leaves or the leaves disagree.
+
+    Example:
+      >>> metax.utils.tree_length({"x": jnp.zeros((3, 2)), "y": jnp.zeros((3,))})
+      3
     """
     leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if jnp.ndim(leaf) > 0]
     if not leaves:
@@ -31,6 +40,10 @@ def tree_mean_keep_dtype(tree: Any, axis: int = 0) -> Any:
 
     Used to reduce per-task model state (batch-norm statistics, step counters) over a
     meta-batch: a mean of int counters stays an int counter.
+
+    Example:
+      >>> metax.utils.tree_mean_keep_dtype({"n": jnp.array([1, 2, 4], dtype=jnp.int32)})
+      {'n': Array(2, dtype=int32)}
     """
 
     def mean_same_dtype(leaf):
@@ -41,7 +54,12 @@ def tree_mean_keep_dtype(tree: Any, axis: int = 0) -> Any:
 
 
 def get_field(container: Any, key: str) -> Any:
-    """Reads `key` from a NamedTuple (attribute) or a mapping (item)."""
+    """Reads `key` from a NamedTuple (attribute) or a mapping (item).
+
+    Example:
+      >>> metax.utils.get_field({"w": 1}, "w"), metax.utils.get_field(metax.learner.TaskOutcome(1, 2, 3), "params")
+      (1, 2)
+    """
     if isinstance(container, Mapping):
         if key not in container:
             raise KeyError(f"No entry {key!r}; available: {sorted(container)}.")
@@ -53,7 +71,12 @@ def get_field(container: Any, key: str) -> Any:
 
 
 def set_field(container: Any, key: str, value: Any) -> Any:
-    """A copy of a NamedTuple or mapping with `key` replaced by `value`."""
+    """A copy of a NamedTuple or mapping with `key` replaced by `value`.
+
+    Example:
+      >>> metax.utils.set_field(metax.learner.TaskOutcome(1, 2, 3), "params", 0)
+      TaskOutcome(state=1, params=0, hstate=3)
+    """
     get_field(container, key)  # same error as a read for a missing key
     if isinstance(container, Mapping):
         return {**container, key: value}
@@ -61,12 +84,27 @@ def set_field(container: Any, key: str, value: Any) -> Any:
 
 
 def tree_add(a: Any, b: Any) -> Any:
+    """Leafwise `a + b` of two pytrees of the same structure.
+
+    >>> metax.utils.tree_add({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([0.5, 0.5])})
+    {'w': Array([1.5, 2.5], dtype=float32)}
+    """
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
 def tree_sub(a: Any, b: Any) -> Any:
+    """Leafwise `a - b` of two pytrees of the same structure.
+
+    >>> metax.utils.tree_sub({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([0.5, 0.5])})
+    {'w': Array([0.5, 1.5], dtype=float32)}
+    """
     return jax.tree_util.tree_map(jnp.subtract, a, b)
 
 
 def tree_scale(tree: Any, factor: Any) -> Any:
+    """Every leaf of `tree` times `factor` (a scalar, or an array that broadcasts).
+
+    >>> metax.utils.tree_scale({"w": jnp.array([1.0, 2.0])}, 0.5)
+    {'w': Array([0.5, 1. ], dtype=float32)}
+    """
     return jax.tree_util.tree_map(lambda leaf: leaf * factor, tree)
