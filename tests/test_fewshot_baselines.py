@@ -201,3 +201,19 @@ def test_baselines_script_scores_the_runners_held_out_tasks_with_run_seed(tmp_pa
     args.run_seed = 4
     other = script.held_out_tasks(args, splits, shots=1)
     assert not np.array_equal(other.train.x, ours.train.x)
+
+
+def test_the_baseline_evaluator_builds_outside_jit():
+    # Regression: with optax.identity() as its (unused) outer optimiser the constructor's
+    # descent probe refused the evaluator whenever a baseline was called eagerly.
+    from metax.learner.baselines import _evaluator
+
+    module = metax.module.LearnedInit(
+        loss_fn_inner=metax.energy.SquaredError(),
+        loss_fn_outer=metax.energy.SquaredError(),
+        base_learner=hk.transform_with_state(lambda x, is_training: hk.Linear(1)(x)),
+        output_dim=1,
+    )
+    learner = _evaluator(module, 1, optax.sgd(0.1))
+    state = learner.reset(jax.random.PRNGKey(0), jnp.zeros((4, 1)))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a: bool(jnp.all(a == 0)), learner.optim_fn_outer.update(state.hparams, state.optim)[0]))

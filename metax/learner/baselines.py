@@ -34,8 +34,9 @@ SampleBatch = Callable[[jax.Array], Dataset]
 
 
 def _evaluator(module, steps: int, optimizer: optax.GradientTransformation) -> ModelAgnosticMetaLearning:
-    # Only `eval` is used: the outer optimiser never runs.
-    return ModelAgnosticMetaLearning(module, None, steps, optimizer, optax.identity())
+    # Only `eval` is used: the outer optimiser never runs. set_to_zero, not identity: identity
+    # returns the gradient itself, which the constructor's probe rightly reads as ascent.
+    return ModelAgnosticMetaLearning(module, None, steps, optimizer, optax.set_to_zero())
 
 
 def train_from_scratch(
