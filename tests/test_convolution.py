@@ -133,8 +133,9 @@ def test_module_has_hk_conv2d_parameters_and_values():
         ours = hk.transform(lambda x: metax.models.Conv2D(4, 3, stride=stride, name="conv")(x))
         theirs = hk.transform(lambda x: hk.Conv2D(4, 3, stride=stride, name="conv")(x))
         params = ours.init(jax.random.PRNGKey(0), x)
-        chex_equal = jax.tree_util.tree_map(np.testing.assert_array_equal, params, theirs.init(jax.random.PRNGKey(0), x))
-        assert chex_equal is not None
+        expected = theirs.init(jax.random.PRNGKey(0), x)
+        assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)  # names: conv/w, conv/b
+        jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)  # shapes and initial values
         params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # a nonzero bias
         assert_close(ours.apply(params, None, x), theirs.apply(params, None, x), jnp.float32)
 
