@@ -254,7 +254,7 @@ def conv_table(windows):
         import torch.nn.functional as F
 
         torch.set_num_threads(2)
-        tx, tw, tg = (torch.from_numpy(np.asarray(a)) for a in (x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), g.transpose(0, 3, 1, 2)))
+        tx, tw, tg = (torch.from_numpy(np.array(a)) for a in (x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), g.transpose(0, 3, 1, 2)))
         tx, tw, tg = tx.contiguous(), tw.contiguous(), tg.contiguous()
         runs["PyTorch", "forward"] = lambda: F.conv2d(tx, tw, padding=1)
         runs["PyTorch", "input grad"] = lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tg, padding=1)
