@@ -144,12 +144,21 @@ def linear_model(with_bias: bool = True) -> ModelFactory:
 
 
 @register("model", "conv4")
-def conv4(channels: PositiveInt = 32, max_pool: bool = True) -> ModelFactory:
-    """The 4-block convolutional network of few-shot image classification (images (H, W, C))."""
+def conv4(
+    channels: PositiveInt = 32, max_pool: bool = True, conv_impl: Literal["auto", "xla", "shifted"] = "auto"
+) -> ModelFactory:
+    """The 4-block convolutional network of few-shot image classification (images (H, W, C)).
+
+    `conv_impl` chooses how its convolutions are computed (`metax.models.conv2d`): "auto"
+    is matrix products over shifted views on CPU (XLA's convolution gradients are slow
+    there) and XLA's convolution elsewhere; the values are the same up to float rounding.
+    """
 
     def build(output_dim: Optional[int]) -> hk.TransformedWithState:
         def forward(x, is_training, gain=None, shift=None):
-            return metax.models.Conv4(channels, readout=output_dim, max_pool=max_pool)(x, is_training, gain=gain, shift=shift)
+            return metax.models.Conv4(
+                channels, readout=output_dim, max_pool=max_pool, conv_impl=conv_impl
+            )(x, is_training, gain=gain, shift=shift)
 
         return hk.transform_with_state(forward)
 

@@ -2,6 +2,9 @@
 
 from metax.models.conv import Conv4
 from metax.models.conv import ConvBlock
+from metax.models.convolution import CONV_IMPLS
+from metax.models.convolution import Conv2D
+from metax.models.convolution import conv2d
 from metax.models.linear import Linear
 from metax.models.linear import LinearBlock
 from metax.models.mlp import MultilayerPerceptron
@@ -12,10 +15,13 @@ from metax.models.norm import BatchNorm
 __all__ = [
     "BATCH_NORM_POLICIES",
     "BatchNorm",
+    "CONV_IMPLS",
+    "Conv2D",
     "Conv4",
     "ConvBlock",
     "Linear",
     "LinearBlock",
     "MultilayerPerceptron",
+    "conv2d",
     "mlp_fn",
 ]

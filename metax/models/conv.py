@@ -9,6 +9,7 @@ from typing import Optional
 import haiku as hk
 import jax
 
+from metax.models.convolution import Conv2D
 from metax.models.norm import BatchNorm, check_batch_norm_policy
 from metax.models.transform import TransformOutsideHaiku
 
@@ -17,7 +18,8 @@ class ConvBlock(hk.Module):
     """3x3 conv -> batch norm (optional gain/shift as scale/offset) -> ReLU -> 2x2 max-pool.
 
     `batch_norm_policy` / `batch_norm_steps` choose what batch norm uses in the inner loop
-    and the query pass (see `Conv4` and `metax.models.norm`).
+    and the query pass (see `Conv4` and `metax.models.norm`); `conv_impl` how the
+    convolution is computed (see `Conv4`).
     """
 
     def __init__(
@@ -29,9 +31,11 @@ class ConvBlock(hk.Module):
         *,
         batch_norm_policy: str = "running",
         batch_norm_steps: Optional[int] = None,
+        conv_impl: str = "auto",
     ) -> None:
         check_batch_norm_policy(batch_norm_policy, batch_norm_steps)
         super().__init__(name=name)
+        self.conv_impl = conv_impl
         self.batch_norm_policy = batch_norm_policy
         self.batch_norm_steps = batch_norm_steps
         self.channels = channels
@@ -40,7 +44,8 @@ class ConvBlock(hk.Module):
 
     def __call__(self, inputs: jax.Array, is_training: bool, gain=None, shift=None) -> jax.Array:
         stride = 1 if self.max_pool else 2
-        out = hk.Conv2D(self.channels, kernel_shape=3, stride=stride, name="conv")(inputs)
+        # hk.Conv2D's parameters, computed as matrix products on CPU (metax.models.convolution).
+        out = Conv2D(self.channels, kernel_shape=3, stride=stride, name="conv", impl=self.conv_impl)(inputs)
         # Given gains/shifts replace batch norm's own learned scale/offset.
         norm = BatchNorm(
             gain is None, shift is None, self.batch_norm_policy, self.batch_norm_steps, self.decay, name="norm"
@@ -71,6 +76,10 @@ class Conv4(hk.Module, metaclass=TransformOutsideHaiku):
         `batch_norm_steps`, the number of inner steps) or "transductive" (each batch's
         own statistics, the query set's included). See `metax.models.norm`.
       batch_norm_steps: the number of inner steps, for "per_step" only.
+      conv_impl: how the convolutions are computed (`metax.models.convolution.conv2d`):
+        "auto" (matrix products over shifted views on CPU, where XLA's convolution
+        gradients are slow; XLA's convolution elsewhere), "xla" or "shifted".
+        Parameters and values are the same (up to float rounding) whichever is used.
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class Conv4(hk.Module, metaclass=TransformOutsideHaiku):
         *,
         batch_norm_policy: str = "running",
         batch_norm_steps: Optional[int] = None,
+        conv_impl: str = "auto",
     ) -> None:
         super().__init__(name=name)
         self.readout = readout
@@ -90,6 +100,7 @@ class Conv4(hk.Module, metaclass=TransformOutsideHaiku):
             ConvBlock(
                 channels, decay, max_pool, name=f"block_{i}",
                 batch_norm_policy=batch_norm_policy, batch_norm_steps=batch_norm_steps,
+                conv_impl=conv_impl,
             )
             for i in range(4)
         )
