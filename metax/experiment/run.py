@@ -1,7 +1,7 @@
 """Reopening a run folder: its config, the built experiment and the newest meta-state."""
 
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 
@@ -9,7 +9,7 @@ from metax.experiment import checkpoint as ckpt
 from metax.experiment.build import Experiment, build
 from metax.experiment.errors import ConfigError
 from metax.experiment.loop import Keys, run_keys
-from metax.experiment.schema import ExperimentConfig, config_from_dict, read_yaml
+from metax.experiment.schema import ExperimentConfig, apply_overrides, config_from_dict, read_yaml
 
 
 class Run(NamedTuple):
@@ -22,9 +22,12 @@ class Run(NamedTuple):
     keys: Keys  # the run's PRNG keys (held-out tasks, adaptation)
 
 
-def open_run(run_dir: str) -> Run:
+def open_run(run_dir: str, eval_overrides: Sequence[str] = ()) -> Run:
     """Rebuilds the experiment of a run folder from its `config.yaml` and restores its
     newest checkpoint, e.g. to evaluate or plot it, or to study what it learned.
+
+    `eval_overrides` (`"eval.task.ways=20"`, ...) change how held-out tasks are drawn and
+    scored (keys under `eval.` only: the training task, model and learner stay the run's).
 
     Raises:
       ConfigError: if the folder holds no run or no checkpoint yet.
@@ -33,6 +36,13 @@ def open_run(run_dir: str) -> Run:
     if not os.path.exists(config_path):
         raise ConfigError(f"{run_dir} holds no metax run (no config.yaml); give a folder written by `metax run`.")
     data, _ = read_yaml(config_path)
+    for override in eval_overrides:
+        if not override.split("=", 1)[0].strip().startswith("eval."):
+            raise ConfigError(
+                f"--set {override}: only eval.* keys can change when scoring a finished run "
+                "(e.g. eval.task.ways=20, eval.tasks=600)."
+            )
+    data = apply_overrides(data, list(eval_overrides))
     try:
         config = config_from_dict(data)
     except ConfigError as error:
