@@ -64,12 +64,34 @@ def write_set(path, top, alphabets, characters=3, drawers=4, extra=None):
     return str(path)
 
 
+def write_sets(folder):
+    one = write_set(folder / "small1.zip", "images_background_small1", ["Alpha", "Beta", "Gamma"])
+    two = write_set(folder / "small2.zip", "images_background_small2", ["Gamma", "Delta", "Epsilon"])
+    return one, two
+
+
 @pytest.fixture
 def sets(tmp_path, monkeypatch):
     monkeypatch.setenv("METAX_CACHE_DIR", str(tmp_path / "cache"))
-    one = write_set(tmp_path / "small1.zip", "images_background_small1", ["Alpha", "Beta", "Gamma"])
-    two = write_set(tmp_path / "small2.zip", "images_background_small2", ["Gamma", "Delta", "Epsilon"])
-    return one, two
+    return write_sets(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny 20-way omniglot run through `metax run`, shared by the eval tests."""
+    folder = tmp_path_factory.mktemp("omniglot_run")
+    previous = os.environ.get("METAX_CACHE_DIR")
+    os.environ["METAX_CACHE_DIR"] = str(folder / "cache")
+    try:
+        sets = write_sets(folder)
+        run = folder / "run"
+        assert main(["run", str(omniglot_config(folder, sets)), "--out", str(run), "--no-progress", "--no-plots"]) == 0
+    finally:
+        if previous is None:
+            os.environ.pop("METAX_CACHE_DIR")
+        else:
+            os.environ["METAX_CACHE_DIR"] = previous
+    return run
 
 
 def test_reader_combines_sources_counts_duplicates_once_and_keeps_pixels(sets, tmp_path):
@@ -139,8 +161,9 @@ def test_task_rotates_meta_train_characters_only(sets):
     train = builder("train", **kwargs).sample_task
     held_out = builder("test", **kwargs).sample_task
     keys = jax.random.split(jax.random.PRNGKey(0), 40)
-    turned_images = np.concatenate([np.asarray(jax.vmap(train)(keys).train.x)])
-    upright_images = np.asarray(jax.vmap(held_out)(keys).train.x)
+    draw = jax.jit(lambda k, sampler: jax.vmap(sampler)(k).train.x)
+    turned_images = np.asarray(draw(keys, train))
+    upright_images = np.asarray(draw(keys, held_out))
     flat = upright.x.reshape(len(upright.x), -1)
     is_upright = lambda image: bool((np.abs(flat - image.reshape(-1)).max(axis=1) < 1e-6).any())
     assert all(is_upright(image) for image in upright_images.reshape(-1, SIZE, SIZE, 1))
@@ -237,10 +260,8 @@ def omniglot_config(tmp_path, sets, **task):
     return config
 
 
-def test_omniglot_run_and_lake_runs_eval_through_the_cli(tmp_path, sets, capsys):
-    config = omniglot_config(tmp_path, sets)
-    run = tmp_path / "run"
-    assert main(["run", str(config), "--out", str(run), "--no-progress", "--no-plots"]) == 0
+def test_omniglot_run_and_lake_runs_eval_through_the_cli(tmp_path, trained, capsys):
+    run = trained
     runs = write_runs(tmp_path / "runs")
     assert main(["eval", str(run), "--omniglot-runs", str(runs)]) == 0
     out = capsys.readouterr().out
@@ -284,9 +305,9 @@ def test_bad_omniglot_sources_exit_2_and_write_nothing(tmp_path, sets, capsys):
         assert not out.exists()
 
 
-def test_bad_runs_folder_exits_2_and_writes_nothing(tmp_path, sets, capsys):
-    run = tmp_path / "run"
-    assert main(["run", str(omniglot_config(tmp_path, sets)), "--out", str(run), "--no-progress", "--no-plots"]) == 0
+def test_bad_runs_folder_exits_2_and_writes_nothing(tmp_path, trained, capsys):
+    run = trained
+    before = sorted(p.name for p in (run / "evals").glob("*")) if (run / "evals").exists() else []
     missing = write_runs(tmp_path / "missing")
     os.unlink(missing / "run02" / "test" / "item07.png")
     malformed = write_runs(tmp_path / "malformed")
@@ -301,7 +322,8 @@ def test_bad_runs_folder_exits_2_and_writes_nothing(tmp_path, sets, capsys):
         (tmp_path / "nowhere", ["nowhere"]),
     ]:
         _refused(["eval", str(run), "--omniglot-runs", str(path)], capsys, *needles)
-    assert not (run / "evals").exists()
+    after = sorted(p.name for p in (run / "evals").glob("*")) if (run / "evals").exists() else []
+    assert after == before
 
 
 # -- the real files --------------------------------------------------------------------------------------
