@@ -9,10 +9,10 @@ score for that config with `--set eval.task.ways=.. eval.task.shots=.. eval.task
 <--split>` (`sample_held_out(run_keys(seed).eval_tasks, ...)`), then scores per task:
 
 - `pixel_nn`: the support image nearest in raw pixels (`metax.data.pixel_nearest_neighbour`);
-- `scratch`: the config's network (Conv4 with the config's model settings) trained from
+- `scratch`: the config's network (its `model` section, mlp or conv4) trained from
   a fresh initialisation on the support set alone (`metax.learner.train_from_scratch`,
   `--scratch-steps` Adam steps at `--scratch-lr`);
-- `finetune` (Chen et al., ICLR 2019): the Conv4 body and a linear head pre-trained as one
+- `finetune` (Chen et al., ICLR 2019): the network's body and a linear head pre-trained as one
   classifier on every meta-train character (rotations as the config's task), then a new
   zero-initialised head fitted per task on the fixed body's support features
   (`metax.learner.pretrain_classifier`, `metax.learner.finetune_head`).
@@ -65,12 +65,20 @@ def parse_args(argv=None):
     return args
 
 
-def networks(channels: int, ways: int, model: dict):
-    options = {k: v for k, v in model.items() if k in ("max_pool", "decay", "batch_norm_policy", "batch_norm_steps")}
-    conv = functools.partial(metax.models.Conv4, channels, **options)
-    body = hk.transform_with_state(lambda x, is_training: conv()(x, is_training))
-    full = hk.transform_with_state(lambda x, is_training: conv(readout=ways)(x, is_training))
-    return body, full
+def networks(model: dict, ways: int):
+    """`(body, network)` of the config's model (mlp or conv4): features without readout,
+    and the same body with a `ways` readout."""
+    if model["name"] == "mlp":
+        hidden = list(model.get("hidden_dims", (40, 40)))
+        options = {k: v for k, v in model.items() if k in ("batch_norm", "with_bias")}
+        body = lambda x, is_training: metax.models.MultilayerPerceptron(hidden, activate_final=True, **options)(x, is_training)
+        full = lambda x, is_training: metax.models.MultilayerPerceptron(hidden + [ways], **options)(x, is_training)
+    else:
+        options = {k: v for k, v in model.items() if k in ("max_pool", "decay", "batch_norm_policy", "batch_norm_steps")}
+        conv = functools.partial(metax.models.Conv4, int(model.get("channels", 32)), **options)
+        body = lambda x, is_training: conv()(x, is_training)
+        full = lambda x, is_training: conv(readout=ways)(x, is_training)
+    return hk.transform_with_state(body), hk.transform_with_state(full)
 
 
 def score_tasks(args, tasks, ways, body, full, classifier):
@@ -99,7 +107,6 @@ def main(argv=None) -> dict:
     config = metax.experiment.load_config(args.config, args.task_set)
     task_builder = registry("tasks").get("omniglot").target
     task_args = {k: v for k, v in config.task.items() if k != "name"}
-    channels = int(config.model.get("channels", 32))
     start = time.time()
     results, lake = {}, {}
     classifier = None
@@ -112,7 +119,7 @@ def main(argv=None) -> dict:
             data, test=task_args.get("test_alphabets"), valid=list(task_args.get("valid_alphabets", ())))
         rotations = task_args.get("rotations", "train") != "none"
         splits = metax.data.FewShotSplits(data.x, data.y, classes=classes, rotations=rotations)
-        body, _ = networks(channels, 2, config.model)
+        body, _ = networks(config.model, 2)
         sample_batch = splits.batch_sampler("train", batch_size=args.pretrain_batch)
         train = jax.jit(lambda key, fn: metax.learner.pretrain_classifier(
             key, fn, body=body, num_classes=splits.num_classes("train"), steps=args.pretrain_steps,
@@ -125,7 +132,7 @@ def main(argv=None) -> dict:
         ways, shots = (int(v) for v in episode.lower().split("x"))
         spec = task_builder("test", **{**task_args, **config.eval.task, "ways": ways, "shots": shots, "held_out": args.split})
         tasks = jax.device_get(sample_held_out(run_keys(config.seed).eval_tasks, spec.sample_task, args.tasks, args.eval_batch))
-        body, full = networks(channels, ways, config.model)
+        body, full = networks(config.model, ways)
         accuracy = score_tasks(args, tasks, ways, body, full, classifier)
         results[f"{ways}way_{shots}shot"] = {m: {**interval(a), "per_task": a} for m, a in accuracy.items()}
         for m, a in accuracy.items():
@@ -133,7 +140,7 @@ def main(argv=None) -> dict:
             print(f"{args.split} {ways}-way {shots}-shot {m:>8}: {100 * entry['mean']:.1f} ± {100 * entry['ci95']:.1f} %", flush=True)
     if args.omniglot_runs:
         runs = metax.data.load_lake_runs(args.omniglot_runs, size=int(task_args.get("image_size", 28)))
-        body, full = networks(channels, 20, config.model)
+        body, full = networks(config.model, 20)
         accuracy = score_tasks(args, runs.tasks, 20, body, full, classifier)
         for m, a in accuracy.items():
             score = metax.data.lake_score(1.0 - np.asarray(a))
@@ -141,7 +148,7 @@ def main(argv=None) -> dict:
             print(f"Lake's 20 runs {m:>8}: error {100 * score.mean:.1f} ± {100 * score.ci95:.1f} %", flush=True)
     metrics = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "overwrite")},
-        "task": task_args, "channels": channels, "results": results, "lake_runs": lake,
+        "task": task_args, "model": config.model, "results": results, "lake_runs": lake,
         "pretrain_loss": pretrain_losses, "seconds": time.time() - start,
     }
     write_json_atomic(f"{args.out}/metrics.json", metrics)
