@@ -34,13 +34,17 @@ baselines() {
   python "$repo/experiments/omniglot/baselines.py" --config "$repo/configs/omniglot-maml.yaml" "${paths[@]/#--set/--task-set}" \
     --omniglot-runs "$data/all_runs.zip" --out "$out/baselines" --tasks 600
 }
-score() {
-  for run in "$out"/maml/seed-0 "$out"/maml/seed-1 $(for l in $others; do echo "$out/$l"; done); do
+score() {  # SCORE_RUNS="maml/seed-0 anil" scores only those; an evaluation already written is skipped
+  local runs=${SCORE_RUNS:-maml/seed-0 maml/seed-1 $others}
+  for name in $runs; do
+    run="$out/$name"
     for episode in 5x1 5x5 20x1 20x5; do
-      metax eval "$run" --tasks 600 --set eval.task.held_out=test --set eval.task.ways="${episode%x*}" \
-        --set eval.task.shots="${episode#*x}" --set eval.batch_size=100
+      ways=${episode%x*} shots=${episode#*x}
+      ls "$run"/evals/tasks-600_*held-out=test-ways=$ways-shots=$shots-*.json >/dev/null 2>&1 && continue
+      metax eval "$run" --tasks 600 --set eval.task.held_out=test --set eval.task.ways="$ways" \
+        --set eval.task.shots="$shots" --set eval.batch_size=100
     done
-    metax eval "$run" --omniglot-runs "$data/all_runs.zip"
+    ls "$run"/evals/omniglot-runs_*.json >/dev/null 2>&1 || metax eval "$run" --omniglot-runs "$data/all_runs.zip"
   done
 }
 report() {
