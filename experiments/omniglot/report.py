@@ -5,7 +5,7 @@
 Reads under the folder: each learner's run (`<learner>/` or `<learner>/seed-<k>/`): its
 `eval.jsonl` (validation-alphabet accuracy during meta-training), `evals/*.json` written
 by `metax eval` (test alphabets per episode type, tagged by their `--set` values; Lake's
-runs), and `baselines/metrics.json`. Writes `results.md` (the README's table),
+runs), and `baselines*/metrics.json`. Writes `results.md` (the README's table),
 `results.json`, `accuracy_vs_steps.png` and `episodes.png` (support and query images of a
 held-out 5-way 1-shot task and of Lake's run 1) into the folder. Only finished
 evaluations are reported; a missing one is shown as "not run".
@@ -104,20 +104,21 @@ def collect(folder: str) -> dict:
                 with open(path) as handle:
                     rows = [json.loads(line) for line in handle if line.strip()]
                 results["curves"][learner].append([(r["step"], r["acc_outer"], r["acc_outer_ci95"]) for r in rows])
-    path = os.path.join(folder, "baselines", "metrics.json")
-    if os.path.exists(path):
+    # baselines/metrics.json, and any baselines-*/metrics.json (e.g. pixel NN alone, a cheap rerun)
+    for path in sorted(glob.glob(os.path.join(folder, "baselines*", "metrics.json"))):
         with open(path) as handle:
             base = json.load(handle)
         for method in BASELINES:
-            row = {}
+            row = results["baselines"].setdefault(method, {f"{w}x{k}": None for w, k in EPISODES})
             for ways, shots in EPISODES:
                 entry = base["results"].get(f"{ways}way_{shots}shot", {}).get(method)
-                row[f"{ways}x{shots}"] = None if entry is None else {k: entry[k] for k in ("mean", "ci95", "n")}
+                if entry is not None and row[f"{ways}x{shots}"] is None:
+                    row[f"{ways}x{shots}"] = {k: entry[k] for k in ("mean", "ci95", "n")}
             lake = base.get("lake_runs", {}).get(method)
-            if lake:
+            if lake and "lake" not in row:
                 row["lake"] = {"mean": lake["error_mean"], "ci95": lake["error_ci95"], "n": 20}
-            results["baselines"][method] = row
-        results["baselines_seconds"] = base.get("seconds")
+        results.setdefault("baselines_seconds", {})[os.path.basename(os.path.dirname(path))] = base.get("seconds")
+    results["baselines"] = {m: r for m, r in results["baselines"].items() if any(v for v in r.values())}
     return results
 
 

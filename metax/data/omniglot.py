@@ -483,6 +483,7 @@ def pixel_nearest_neighbour(tasks: MetaDataset) -> np.ndarray:
     """
     support = np.asarray(tasks.train.x, np.float64).reshape(tasks.train.x.shape[0], tasks.train.x.shape[1], -1)
     query = np.asarray(tasks.test.x, np.float64).reshape(tasks.test.x.shape[0], tasks.test.x.shape[1], -1)
-    distance = ((query[:, :, None, :] - support[:, None, :, :]) ** 2).sum(-1)  # (tasks, queries, support)
+    # |q - s|^2 = |q|^2 - 2 q.s + |s|^2, without the (tasks, queries, support, pixels) difference array
+    distance = (query**2).sum(-1)[:, :, None] - 2 * np.einsum("tqp,tsp->tqs", query, support) + (support**2).sum(-1)[:, None, :]
     nearest = distance.argmin(-1)
     return np.take_along_axis(np.asarray(tasks.train.y), nearest, axis=1).astype(np.int32)
