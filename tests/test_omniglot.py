@@ -227,7 +227,7 @@ def test_lake_runs_scoring_has_the_known_answer(tmp_path):
 # -- through the runner -------------------------------------------------------------------------------
 
 
-def test_fewshot_task_reads_an_image_folder_through_the_runner(tmp_path, sets):
+def test_fewshot_task_reads_an_image_folder_through_the_runner(tmp_path, sets, capsys):
     # The folder source used to fail: load_image_folder returns (x, y, names).
     zipfile.ZipFile(sets[0]).extractall(tmp_path / "tree")
     config = tmp_path / "folder.yaml"
@@ -240,9 +240,12 @@ def test_fewshot_task_reads_an_image_folder_through_the_runner(tmp_path, sets):
         train: {{steps: 2, meta_batch_size: 2}}
         eval: {{tasks: 2, batch_size: 2}}
     """))
-    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--no-progress", "--no-plots"]) == 0
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 2 and 0.0 <= summary["held_out"]["acc_outer"]["mean"] <= 1.0
+    # `metax validate` builds the task and traces a meta-step, as `metax run` does before its
+    # first step (where the unpacking failed); the full run is exercised by the omniglot task.
+    assert main(["validate", str(config)]) == 0
+    config_obj = metax.experiment.load_config(str(config))
+    experiment = metax.experiment.build(config_obj)
+    assert experiment.input_shape == (SIZE, SIZE, 1) and experiment.output_dim == 2
 
 
 def omniglot_config(tmp_path, sets, **task):
