@@ -15,6 +15,16 @@ from metax.data.fewshot import sample_fewshot_task
 from metax.data.folder import default_cache_dir
 from metax.data.folder import load_image_folder
 from metax.data.mnist import load_idx
+from metax.data.omniglot import PUBLISHED_LAKE_ERRORS
+from metax.data.omniglot import LakeRuns
+from metax.data.omniglot import LakeScore
+from metax.data.omniglot import OmniglotData
+from metax.data.omniglot import alphabet_classes
+from metax.data.omniglot import lake_score
+from metax.data.omniglot import load_lake_runs
+from metax.data.omniglot import load_omniglot
+from metax.data.omniglot import pixel_nearest_neighbour
+from metax.data.omniglot import score_lake_runs
 from metax.data.mnist import load_labelled_npz
 from metax.data.mnist import load_mnist
 from metax.data.stream import MetaBatchStream
@@ -34,11 +44,16 @@ __all__ = [
     "Dataset",
     "FAMILY_NAMES",
     "FewShotSplits",
+    "LakeRuns",
+    "LakeScore",
     "MetaBatchStream",
     "MetaDataset",
+    "OmniglotData",
+    "PUBLISHED_LAKE_ERRORS",
     "SPLITS",
     "SyntheticMetaDataloader",
     "TASK_FAMILIES",
+    "alphabet_classes",
     "arrange_by_class",
     "check_metabatch",
     "create_synthetic_metadataset",
@@ -46,16 +61,21 @@ __all__ = [
     "family",
     "get_batch",
     "get_task_family",
+    "lake_score",
     "linear",
     "load_digits",
     "load_idx",
     "load_image_folder",
     "load_labelled_npz",
+    "load_lake_runs",
     "load_mnist",
+    "load_omniglot",
     "make_task_sampler",
+    "pixel_nearest_neighbour",
     "sample_class_batch",
     "sample_fewshot_task",
     "sample_metabatch",
+    "score_lake_runs",
     "sinusoid",
     "split_dataset",
 ]

@@ -65,8 +65,9 @@ def _labelled_source(source: str, path: Optional[str], image_size: Optional[int]
             _FEWSHOT_SOURCES[key] = metax.data.load_mnist(path, "all")
         elif source == "npz":
             _FEWSHOT_SOURCES[key] = metax.data.load_labelled_npz(path)
-        else:
-            _FEWSHOT_SOURCES[key] = metax.data.load_image_folder(path, size=image_size)
+        else:  # the folder reader also returns the class names, which the task does not use
+            x, y, _ = metax.data.load_image_folder(path, size=image_size)
+            _FEWSHOT_SOURCES[key] = (x, y)
     return _FEWSHOT_SOURCES[key]
 
 
@@ -96,6 +97,42 @@ def fewshot(
     # Meta-training draws the train classes; held-out evaluation the test classes.
     sampler = splits.sampler("train" if split == "train" else "test", ways=ways, shots=shots, queries=queries)
     return TaskSpec(sampler, "cross_entropy", ways)
+
+
+_OMNIGLOT: dict = {}
+
+
+@register("task", "omniglot")
+def omniglot(
+    split: str,
+    path: list[str],
+    ways: PositiveInt = 5,
+    shots: PositiveInt = 1,
+    queries: PositiveInt = 15,
+    image_size: PositiveInt = 28,
+    test_alphabets: Optional[list[str]] = None,
+    valid_alphabets: list[str] = (),
+    held_out: Literal["valid", "test"] = "valid",
+    rotations: Literal["train", "all", "none"] = "train",
+) -> TaskSpec:
+    """N-way K-shot Omniglot characters (zips or folders), split by alphabet; held-out tasks from valid or test alphabets."""
+    key = (tuple(path), image_size)
+    if key not in _OMNIGLOT:
+        try:
+            _OMNIGLOT[key] = metax.data.load_omniglot(list(path), size=image_size)
+        except (FileNotFoundError, ValueError) as error:
+            raise ValueError(f"path: {error}") from None
+    data = _OMNIGLOT[key]
+    classes = metax.data.alphabet_classes(data, test=test_alphabets, valid=list(valid_alphabets))
+    part = "train" if split == "train" else held_out
+    if not classes[part]:
+        raise ValueError(
+            f"held_out={held_out!r} but no alphabet is in that split; name some in {held_out}_alphabets "
+            "or score the other split."
+        )
+    turned = rotations == "all" or (rotations == "train" and part == "train")
+    splits = metax.data.FewShotSplits(data.x, data.y, classes=classes, rotations=turned)
+    return TaskSpec(splits.sampler(part, ways=ways, shots=shots, queries=queries), "cross_entropy", ways)
 
 
 # -- models ------------------------------------------------------------------------------
@@ -145,20 +182,30 @@ def linear_model(with_bias: bool = True) -> ModelFactory:
 
 @register("model", "conv4")
 def conv4(
-    channels: PositiveInt = 32, max_pool: bool = True, conv_impl: Literal["auto", "xla", "shifted"] = "auto"
+    channels: PositiveInt = 32,
+    max_pool: bool = True,
+    decay: float = 0.9,
+    batch_norm_policy: Literal["running", "support", "per_step", "transductive"] = "running",
+    batch_norm_steps: Optional[PositiveInt] = None,
+    conv_impl: Literal["auto", "xla", "shifted"] = "auto",
 ) -> ModelFactory:
     """The 4-block convolutional network of few-shot image classification (images (H, W, C)).
 
-    `conv_impl` chooses how its convolutions are computed (`metax.models.conv2d`): "auto"
-    is matrix products over shifted views on CPU (XLA's convolution gradients are slow
-    there) and XLA's convolution elsewhere; the values are the same up to float rounding.
+    Batch norm follows `batch_norm_policy` (see `metax.models.norm`). `conv_impl` chooses
+    how its convolutions are computed (`metax.models.conv2d`): "auto" is matrix products
+    over shifted views on CPU (XLA's convolution gradients are slow there) and XLA's
+    convolution elsewhere; the values are the same up to float rounding.
     """
+    metax.models.norm.check_batch_norm_policy(batch_norm_policy, batch_norm_steps)
 
     def build(output_dim: Optional[int]) -> hk.TransformedWithState:
         def forward(x, is_training, gain=None, shift=None):
-            return metax.models.Conv4(
-                channels, readout=output_dim, max_pool=max_pool, conv_impl=conv_impl
-            )(x, is_training, gain=gain, shift=shift)
+            network = metax.models.Conv4(
+                channels, decay, readout=output_dim, max_pool=max_pool,
+                batch_norm_policy=batch_norm_policy, batch_norm_steps=batch_norm_steps,
+                conv_impl=conv_impl,
+            )
+            return network(x, is_training, gain=gain, shift=shift)
 
         return hk.transform_with_state(forward)
 

@@ -22,12 +22,14 @@ class Run(NamedTuple):
     keys: Keys  # the run's PRNG keys (held-out tasks, adaptation)
 
 
-def open_run(run_dir: str) -> Run:
+def open_run(run_dir: str, eval_overrides: Sequence[str] = ()) -> Run:
     """Rebuilds the experiment of a run folder from its `config.yaml` and restores its
     newest checkpoint, e.g. to evaluate or plot it, or to study what it learned.
 
     A run still training may prune a checkpoint while it is read, and a damaged newest
     checkpoint is skipped (and named on stderr): the newest intact one is used.
+    `eval_overrides` (`"eval.task.ways=20"`, ...) change how held-out tasks are drawn and
+    scored (keys under `eval.` only: the training task, model and learner stay the run's).
 
     Raises:
       ConfigError: if the folder holds no run or no intact checkpoint yet.
@@ -35,7 +37,13 @@ def open_run(run_dir: str) -> Run:
     config_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(config_path):
         raise ConfigError(f"{run_dir} holds no metax run (no config.yaml); give a folder written by `metax run`.")
-    config = read_run_config(run_dir)
+    for override in eval_overrides:
+        if not override.split("=", 1)[0].strip().startswith("eval."):
+            raise ConfigError(
+                f"--set {override}: only eval.* keys can change when scoring a finished run "
+                "(e.g. eval.task.ways=20, eval.tasks=600)."
+            )
+    config = read_run_config(run_dir, eval_overrides)
     experiment = build(config)
     keys = run_keys(config.seed)
     sample_input = jax.jit(experiment.task.sample_task)(keys.data).train.x

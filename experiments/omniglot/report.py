@@ -1,0 +1,218 @@
+"""The Omniglot study's table and figures, from what run.sh wrote.
+
+    python experiments/omniglot/report.py runs/omniglot --omniglot-runs ../shared/data/omniglot/all_runs.zip
+
+Reads under the folder: each learner's run (`<learner>/` or `<learner>/seed-<k>/`): its
+`eval.jsonl` (validation-alphabet accuracy during meta-training), `evals/*.json` written
+by `metax eval` (test alphabets per episode type, tagged by their `--set` values; Lake's
+runs), and `baselines*/metrics.json`. Writes `results.md` (the README's table),
+`results.json`, `accuracy_vs_steps.png` and `episodes.png` (support and query images of a
+held-out 5-way 1-shot task and of Lake's run 1) into the folder. Only finished
+evaluations are reported; a missing one is shown as "not run".
+"""
+
+import argparse
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+
+import metax
+from metax.experiment.io import write_json_atomic, write_text_atomic
+from metax.experiment.loop import run_keys, sample_held_out
+from metax.experiment.registry import registry
+
+LEARNERS = {"maml": "MAML (second order)", "fomaml": "first-order MAML", "reptile": "Reptile", "anil": "ANIL", "metasgd": "Meta-SGD"}
+BASELINES = {"pixel_nn": "nearest neighbour, raw pixels", "scratch": "scratch (no meta-learning)",
+             "finetune": "pre-train + fine-tune head"}
+EPISODES = [(5, 1), (5, 5), (20, 1), (20, 5)]
+
+
+def run_folders(folder: str, learner: str) -> list[str]:
+    base = os.path.join(folder, learner)
+    seeds = sorted(glob.glob(os.path.join(base, "seed-*")))
+    return seeds or ([base] if os.path.isdir(base) else [])
+
+
+def test_scores(run: str) -> dict:
+    """`{(ways, shots): per-task accuracies}` and `"lake"`: per-run errors, from `evals/`."""
+    found = {}
+    for path in glob.glob(os.path.join(run, "evals", "*.json")):
+        with open(path) as handle:
+            record = json.load(handle)
+        if "error_per_run" in record:
+            found["lake"] = record
+            continue
+        overrides = dict(o.split("=", 1) for o in record.get("overrides", []))
+        if overrides.get("eval.task.held_out") != "test":
+            continue
+        key = (int(overrides["eval.task.ways"]), int(overrides["eval.task.shots"]))
+        found[key] = record["metrics"]["acc_outer"]
+    return found
+
+
+def cell(entry) -> str:
+    return f"{100 * entry['mean']:.1f} ± {100 * entry['ci95']:.1f}" if entry else "not run"
+
+
+def pooled(entries: list) -> dict | None:
+    """Mean over seeds of per-seed means, interval from the tasks of all seeds (as `metax compare`)."""
+    if not entries:
+        return None
+    means = [e["mean"] for e in entries]
+    halves = [e["ci95"] for e in entries]
+    n = sum(e["n"] for e in entries)
+    return {"mean": float(np.mean(means)), "ci95": float(np.sqrt(np.sum(np.square(halves))) / len(entries)), "n": n,
+            "seed_means": means}
+
+
+def collect(folder: str) -> dict:
+    results = {"learners": {}, "baselines": {}, "curves": {}}
+    for learner in LEARNERS:
+        runs = run_folders(folder, learner)
+        if not runs:
+            continue
+        scores = [test_scores(r) for r in runs]
+        row = {}
+        for ways, shots in EPISODES:
+            row[f"{ways}x{shots}"] = pooled([s[(ways, shots)] for s in scores if (ways, shots) in s])
+        lakes = [s["lake"] for s in scores if "lake" in s]
+        if lakes:
+            errors = [metax.data.lake_score(lake["error_per_run"]) for lake in lakes]
+            row["lake"] = {"mean": float(np.mean([e.mean for e in errors])),
+                           "ci95": float(np.sqrt(np.sum([e.ci95 ** 2 for e in errors])) / len(errors)),
+                           "seed_means": [e.mean for e in errors], "n": 20}
+        summaries = []
+        for run in runs:
+            path = os.path.join(run, "summary.json")
+            if os.path.exists(path):
+                with open(path) as handle:
+                    summaries.append(json.load(handle))
+        if summaries:
+            row["valid_final"] = pooled([s["held_out"]["acc_outer"] for s in summaries])
+            row["valid_before"] = pooled([s["held_out_initial"]["acc_outer"] for s in summaries if s.get("held_out_initial")])
+            row["seconds"] = [s.get("train_seconds", 0) + s.get("compile_seconds", 0) for s in summaries]
+            row["steps"] = summaries[0]["steps"]
+        row["seeds"] = len(runs)
+        results["learners"][learner] = row
+        results["curves"][learner] = []
+        for run in runs:
+            path = os.path.join(run, "eval.jsonl")
+            if os.path.exists(path):
+                with open(path) as handle:
+                    rows = [json.loads(line) for line in handle if line.strip()]
+                results["curves"][learner].append([(r["step"], r["acc_outer"], r["acc_outer_ci95"]) for r in rows])
+    # baselines/metrics.json, and any baselines-*/metrics.json (e.g. pixel NN alone, a cheap rerun)
+    for path in sorted(glob.glob(os.path.join(folder, "baselines*", "metrics.json"))):
+        with open(path) as handle:
+            base = json.load(handle)
+        for method in BASELINES:
+            row = results["baselines"].setdefault(method, {f"{w}x{k}": None for w, k in EPISODES})
+            for ways, shots in EPISODES:
+                entry = base["results"].get(f"{ways}way_{shots}shot", {}).get(method)
+                if entry is not None and row[f"{ways}x{shots}"] is None:
+                    row[f"{ways}x{shots}"] = {k: entry[k] for k in ("mean", "ci95", "n")}
+            lake = base.get("lake_runs", {}).get(method)
+            if lake and "lake" not in row:
+                row["lake"] = {"mean": lake["error_mean"], "ci95": lake["error_ci95"], "n": 20}
+        results.setdefault("baselines_seconds", {})[os.path.basename(os.path.dirname(path))] = base.get("seconds")
+    results["baselines"] = {m: r for m, r in results["baselines"].items() if any(v for v in r.values())}
+    return results
+
+
+def table(results: dict) -> str:
+    header = "| method | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot | Lake's 20 runs, error % |\n|---|---:|---:|---:|---:|---:|\n"
+    lines = []
+    for method, label in BASELINES.items():
+        row = results["baselines"].get(method)
+        if row:
+            lines.append(f"| {label} | " + " | ".join(cell(row[f"{w}x{k}"]) for w, k in EPISODES) + f" | {cell(row.get('lake'))} |")
+    for learner, label in LEARNERS.items():
+        row = results["learners"].get(learner)
+        if row:
+            seeds = f" ({row['seeds']} seeds)" if row["seeds"] > 1 else ""
+            lines.append(f"| {label}{seeds} | " + " | ".join(cell(row[f"{w}x{k}"]) for w, k in EPISODES) + f" | {cell(row.get('lake'))} |")
+    for name, error in metax.data.PUBLISHED_LAKE_ERRORS.items():
+        lines.append(f"| {name} (published) | | | | | {error} |")
+    return header + "\n".join(lines) + "\n"
+
+
+def plot_curves(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for learner, curves in results["curves"].items():
+        for seed, curve in enumerate(curves):
+            steps, acc, half = (np.asarray(v) for v in zip(*curve))
+            line, = axis.plot(steps, 100 * acc, marker="o", label=LEARNERS[learner] + (f" seed {seed}" if len(curves) > 1 else ""))
+            axis.fill_between(steps, 100 * (acc - half), 100 * (acc + half), color=line.get_color(), alpha=0.15)
+    axis.set_xlabel("meta-steps (8 tasks each)")
+    axis.set_ylabel("20-way 1-shot accuracy, %")
+    axis.set_title("Validation alphabet (Balinese) during meta-training")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_episodes(config_path: str, runs_path: str | None, path: str, task_set: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config = metax.experiment.load_config(config_path, task_set)
+    args = {k: v for k, v in config.task.items() if k != "name"}
+    spec = registry("tasks").get("omniglot").target("test", **{**args, "ways": 5, "shots": 1, "queries": 3, "held_out": "test"})
+    task = jax.device_get(jax.tree_util.tree_map(lambda a: a[0], sample_held_out(run_keys(0).eval_tasks, spec.sample_task, 2, 2)))
+    rows = 2 + (2 if runs_path else 0)
+    figure, axes = plt.subplots(rows, 10, figsize=(10, rows * 1.15))
+    for axis in axes.ravel():
+        axis.axis("off")
+    for c in range(5):
+        axes[0, c].imshow(task.train.x[c, :, :, 0], cmap="gray_r")
+        axes[0, c].set_title(f"class {int(task.train.y[c])}", fontsize=7)
+    for q in range(10):
+        axes[1, q].imshow(task.test.x[q, :, :, 0], cmap="gray_r")
+        axes[1, q].set_title(f"query: {int(task.test.y[q])}", fontsize=7)
+    axes[0, 5].text(0, 0.5, "held-out alphabets\n5-way 1-shot:\nsupport (top),\nqueries (below)", fontsize=7, va="center")
+    if runs_path:
+        runs = metax.data.load_lake_runs(runs_path, size=int(args.get("image_size", 28)))
+        run = jax.tree_util.tree_map(lambda a: np.asarray(a)[0], runs.tasks)
+        for c in range(10):
+            axes[2, c].imshow(run.train.x[c, :, :, 0], cmap="gray_r")
+            axes[2, c].set_title(f"run01 class {c + 1}", fontsize=6)
+        for q in range(10):
+            axes[3, q].imshow(run.test.x[q, :, :, 0], cmap="gray_r")
+            axes[3, q].set_title(f"item {q + 1}: class {int(run.test.y[q]) + 1}", fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder")
+    parser.add_argument("--omniglot-runs", help="all_runs.zip, for the episode figure")
+    parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "../../configs/omniglot-maml.yaml"))
+    parser.add_argument("--task-set", action="append", default=[])
+    args = parser.parse_args(argv)
+    results = collect(args.folder)
+    text = table(results)
+    write_text_atomic(os.path.join(args.folder, "results.md"), text)
+    write_json_atomic(os.path.join(args.folder, "results.json"), results)
+    if results["curves"]:
+        plot_curves(results, os.path.join(args.folder, "accuracy_vs_steps.png"))
+    plot_episodes(args.config, args.omniglot_runs, os.path.join(args.folder, "episodes.png"), args.task_set)
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()

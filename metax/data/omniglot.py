@@ -1,0 +1,489 @@
+"""Omniglot as users have it: the repository's zip files (or unpacked trees), split by alphabet.
+
+Omniglot (Lake, Salakhutdinov, Tenenbaum. "Human-level concept learning through
+probabilistic program induction", Science 350(6266), 2015; data and code under the MIT
+license at https://github.com/brendenlake/omniglot) holds 1,623 handwritten characters
+of 50 alphabets, each drawn by 20 people, as 105x105 black-on-white PNGs laid out
+`images_background/<alphabet>/<character>/<id>_<drawer>.png`. This module reads
+
+- the background / evaluation sets, `images_background*.zip` or their unpacked folders
+  (`load_omniglot`): decoded once at a chosen size (28x28, the literature's, by default),
+  ink = 1.0 on a 0.0 background, and cached in metax's cache folder (see
+  `metax.data.default_cache_dir`); several sources combine into one set, a character
+  present in more than one (Greek and Latin are in both "minimal" sets) counted once;
+- the 20 one-shot classification runs of Lake et al. (`all_runs.zip` or its folder;
+  `load_lake_runs`), each a 20-way 1-shot task within one alphabet of the evaluation set,
+  and scores a predictor on them (`score_lake_runs`), mean error over the 20 runs with a
+  95% interval.
+
+Splits are made by alphabet (`alphabet_classes`): a random split of characters would
+let alphabet style leak into the held-out classes. Rotation augmentation (four classes
+per character, turned by 0/90/180/270 degrees; `metax.data.FewShotSplits(rotations=
+True)`) is the task builder's choice; metax's `omniglot` task applies it to the
+meta-train split only by default (held-out alphabets and Lake's runs are scored on
+upright characters).
+
+Example:
+  >>> data = metax.data.load_omniglot(["images_background_small1.zip", "images_background_small2.zip"])
+  >>> len(data.class_names), len(data.alphabets), data.x.shape
+  (242, 8, (4840, 28, 28, 1))
+  >>> classes = metax.data.alphabet_classes(data, test=["Korean", "Tagalog"], valid=["Balinese"])
+  >>> splits = metax.data.FewShotSplits(data.x, data.y, classes=classes)
+"""
+
+import difflib
+import hashlib
+import io
+import json
+import os
+import zipfile
+from typing import Callable, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+from metax.data.base import Dataset, MetaDataset
+from metax.data.folder import _read_cache, _write_cache, default_cache_dir
+
+CACHE_VERSION = 1
+RUNS = 20  # Lake et al.'s one-shot runs
+RUN_WAYS = 20  # classes (and test items) per run
+PUBLISHED_LAKE_ERRORS = {  # error (%) on the 20 runs, as published
+    "people (Lake et al. 2015)": 4.5,
+    "Bayesian Program Learning (Lake et al. 2015)": 3.3,
+    "modified-Hausdorff nearest neighbour (omniglot repository demo)": 38.8,
+}
+PathLike = Union[str, os.PathLike]
+
+
+class OmniglotData(NamedTuple):
+    """Omniglot characters as arrays.
+
+    Attributes:
+      x: float32 images `(n, size, size, 1)`, ink 1.0 on background 0.0.
+      y: int32 labels `(n,)` indexing `class_names`.
+      class_names: `"alphabet/character"` per label, sorted.
+      alphabets: the alphabets, sorted.
+      class_alphabet: int32 `(classes,)`: each class's index into `alphabets`.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: tuple[str, ...]
+    alphabets: tuple[str, ...]
+    class_alphabet: np.ndarray
+
+
+def _is_png(name: str) -> bool:
+    return name.lower().endswith(".png")
+
+
+def _source_files(source: str) -> tuple[str, list[str]]:
+    """`(kind, relative PNG paths)` of a zip file or folder, checked for the layout."""
+    if os.path.isdir(source):
+        names = []
+        for folder, dirs, files in os.walk(source):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            rel = os.path.relpath(folder, source)
+            names += [os.path.join(rel, f).replace(os.sep, "/").removeprefix("./") for f in sorted(files) if _is_png(f)]
+        kind = "folder"
+    elif os.path.isfile(source):
+        try:
+            with zipfile.ZipFile(source) as archive:
+                names = [n for n in archive.namelist() if _is_png(n) and not n.startswith("__MACOSX/")]
+        except zipfile.BadZipFile as error:
+            raise ValueError(f"{source!r} is not a readable zip file ({error}); give Omniglot's zip or its unpacked folder.") from None
+        kind = "zip"
+    else:
+        raise FileNotFoundError(f"No Omniglot zip file or folder at {source!r}.")
+    return kind, sorted(names)
+
+
+def _layout(source: str, names: list[str]) -> dict[str, list[str]]:
+    """`{"alphabet/character": [relative PNG paths]}`: every PNG must sit at
+    `[prefix/]<alphabet>/<character>/<file>.png`, with one prefix for the whole source."""
+    expected = "[<top folder>/]<alphabet>/<character>/*.png (e.g. images_background/Greek/character01/0394_01.png)"
+    if not names:
+        raise ValueError(f"{source!r} holds no PNG images; expected the Omniglot layout {expected}.")
+    prefixes = {tuple(n.split("/")[:-3]) for n in names}
+    shallow = [n for n in names if n.count("/") < 2]
+    if shallow or len(prefixes) != 1:
+        bad = shallow[0] if shallow else sorted(names, key=lambda n: n.count("/"))[-1]
+        raise ValueError(
+            f"{source!r} does not have the Omniglot layout {expected}: {bad!r} is not two folders below a common "
+            "top folder; give the zip as downloaded or the folder holding the alphabet folders."
+        )
+    classes: dict[str, list[str]] = {}
+    for name in names:
+        alphabet, character = name.split("/")[-3:-1]
+        classes.setdefault(f"{alphabet}/{character}", []).append(name)
+    return classes
+
+
+def _decode_png(data: bytes, where: str, size: int) -> np.ndarray:
+    from PIL import Image  # Pillow (a matplotlib dependency, listed in metax's own)
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            image = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+            array = np.asarray(image, np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ValueError(f"Cannot decode the image {where}: {error}; replace the file (or the zip) with an intact copy.") from None
+    return (1.0 - array)[..., None]  # ink (black, 0) becomes 1.0
+
+
+def _reader(source: str, kind: str):
+    if kind == "zip":
+        archive = zipfile.ZipFile(source)
+        return archive.read, archive.close
+    return (lambda rel: open(os.path.join(source, rel), "rb").read()), (lambda: None)
+
+
+def _fingerprint(sources: Sequence[str], listings: Sequence[list[str]], size: int) -> str:
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "size": size}).encode())
+    for source, names in zip(sources, listings):
+        if os.path.isfile(source):
+            stat = os.stat(source)
+            digest.update(f"{source}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        else:
+            for rel in names:
+                stat = os.stat(os.path.join(source, rel))
+                digest.update(f"{source}/{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def load_omniglot(
+    sources: Union[PathLike, Sequence[PathLike]],
+    *,
+    size: int = 28,
+    cache: bool = True,
+    cache_dir: Optional[str] = None,
+) -> OmniglotData:
+    """Reads Omniglot characters from zip files and/or unpacked folders into arrays.
+
+    Each source is a zip file as downloaded (`images_background_small1.zip`, ...) or a
+    folder; PNGs must sit at `[top folder/]<alphabet>/<character>/*.png`. A character
+    (same alphabet and character folder names) found in several sources is read from the
+    first only. The first call decodes and resizes every image (Lanczos) and caches the
+    arrays in `<cache_dir>/omniglot-<hash>.npz` (atomic write); later calls with the same
+    sources and size read the cache unless a source changed (size or modification time of
+    the zip, or of any image of a folder). Nothing is written beside the sources.
+
+    Example:
+      >>> data = load_omniglot("images_background_small1.zip", size=28)
+      >>> data.x.shape, data.alphabets[:2]
+      ((2720, 28, 28, 1), ('Balinese', 'Early_Aramaic'))
+
+    Args:
+      sources: one path or several.
+      size: decoded images are `size x size` (28 in the literature, 105 as stored).
+      cache: read and write the cache; False decodes every time and writes nothing.
+      cache_dir: default `metax.data.default_cache_dir()`.
+
+    Returns:
+      `OmniglotData` (images, labels, `"alphabet/character"` class names, alphabets).
+
+    Raises:
+      FileNotFoundError: a source that does not exist.
+      ValueError: naming the source or file: not a zip, no PNGs, PNGs outside the layout,
+        an image that does not decode, a non-positive size.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    sources = [os.path.abspath(os.fspath(s)) for s in sources]
+    if not sources:
+        raise ValueError("load_omniglot needs at least one source (a zip file or folder).")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive int (28 in the literature), got {size!r}.")
+    kinds, listings, layouts = [], [], []
+    for source in sources:
+        kind, names = _source_files(source)
+        kinds.append(kind)
+        listings.append(names)
+        layouts.append(_layout(source, names))
+    fingerprint = _fingerprint(sources, listings, size)
+    cache_path = None
+    if cache:
+        key = hashlib.sha256(json.dumps({"sources": sources, "size": size}).encode()).hexdigest()[:20]
+        cache_path = os.path.join(cache_dir or default_cache_dir(), f"omniglot-{key}.npz")
+        cached = _read_cache(cache_path, fingerprint)
+        if cached is not None:
+            return _assemble(*cached)
+    chosen: dict[str, tuple[int, list[str]]] = {}
+    for index, layout in enumerate(layouts):
+        for name, files in layout.items():
+            chosen.setdefault(name, (index, files))  # duplicates across sources: the first wins
+    names = sorted(chosen)
+    images, labels = [], []
+    readers = [_reader(source, kind) for source, kind in zip(sources, kinds)]
+    try:
+        for label, name in enumerate(names):
+            index, files = chosen[name]
+            read = readers[index][0]
+            for rel in files:
+                where = f"{rel!r} in {sources[index]!r}" if kinds[index] == "zip" else repr(os.path.join(sources[index], rel))
+                images.append(_decode_png(read(rel), where, int(size)))
+                labels.append(label)
+    finally:
+        for _, close in readers:
+            close()
+    x, y = np.stack(images), np.asarray(labels, np.int32)
+    if cache_path is not None:
+        _write_cache(cache_path, x, y, names, fingerprint)
+    return _assemble(x, y, names)
+
+
+def _assemble(x: np.ndarray, y: np.ndarray, names: Sequence[str]) -> OmniglotData:
+    names = tuple(str(n) for n in names)
+    alphabets = tuple(sorted({n.split("/")[0] for n in names}))
+    class_alphabet = np.asarray([alphabets.index(n.split("/")[0]) for n in names], np.int32)
+    return OmniglotData(x, y, names, alphabets, class_alphabet)
+
+
+def _check_alphabets(data: OmniglotData, names: Sequence[str], argument: str) -> list[str]:
+    names = [str(n) for n in names]
+    for name in names:
+        if name not in data.alphabets:
+            close = difflib.get_close_matches(name, data.alphabets, n=1, cutoff=0.4)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"{argument} names the alphabet {name!r}, which the data does not hold{hint} "
+                f"Its alphabets: {', '.join(data.alphabets)}."
+            )
+    return names
+
+
+def alphabet_classes(
+    data: OmniglotData,
+    *,
+    test: Optional[Sequence[str]] = None,
+    valid: Sequence[str] = (),
+    num_test: int = 2,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Splits the characters by alphabet: `{"train", "valid", "test"}` lists of labels,
+    for `metax.data.FewShotSplits(data.x, data.y, classes=...)`.
+
+    Example:
+      >>> classes = alphabet_classes(data, test=["Korean", "Tagalog"], valid=["Balinese"])
+      >>> sorted({data.class_names[c].split("/")[0] for c in classes["test"]})
+      ['Korean', 'Tagalog']
+
+    Args:
+      data: from `load_omniglot`.
+      test: the held-out alphabets; None draws `num_test` of them with `seed` (after
+        `valid` is set aside).
+      valid: alphabets for choosing hyperparameters (may be empty).
+      num_test: how many alphabets to draw when `test` is None.
+      seed: the draw's seed.
+
+    Returns:
+      Labels per split; every alphabet not named goes to "train".
+
+    Raises:
+      ValueError: an alphabet the data does not hold (naming the closest), an alphabet in
+        both `test` and `valid`, or too few alphabets left for meta-training.
+    """
+    valid = _check_alphabets(data, valid, "valid")
+    if test is None:
+        left = [a for a in data.alphabets if a not in valid]
+        if num_test < 1 or len(left) < num_test + 1:
+            raise ValueError(
+                f"Cannot hold out {num_test} alphabet(s): the data has {len(data.alphabets)} ({', '.join(data.alphabets)}), "
+                f"{len(valid)} set aside for validation, and meta-training needs at least one; add sources or hold out fewer."
+            )
+        test = sorted(np.random.default_rng(seed).choice(left, num_test, replace=False).tolist())
+    test = _check_alphabets(data, test, "test")
+    both = sorted(set(test) & set(valid))
+    if both:
+        raise ValueError(f"The alphabet {both[0]!r} is named in both test and valid; an alphabet belongs to one split.")
+    if not test:
+        raise ValueError("test names no alphabet; hold out at least one alphabet for the held-out split.")
+    train = [a for a in data.alphabets if a not in test and a not in valid]
+    if not train:
+        raise ValueError(
+            f"No alphabet is left for meta-training: the data's {len(data.alphabets)} alphabets are all in test "
+            f"{list(test)} or valid {list(valid)}; hold out fewer or add sources."
+        )
+    split_of = {a: "train" for a in train} | {a: "valid" for a in valid} | {a: "test" for a in test}
+    classes: dict[str, list[int]] = {"train": [], "valid": [], "test": []}
+    for label, alphabet in enumerate(data.class_alphabet):
+        classes[split_of[data.alphabets[alphabet]]].append(label)
+    return classes
+
+
+# -- Lake et al.'s 20 one-shot runs -------------------------------------------------------------
+
+
+class LakeRuns(NamedTuple):
+    """The 20-way 1-shot runs as one meta-batch of tasks.
+
+    Attributes:
+      tasks: `MetaDataset` with leaves `(runs, 20, ...)`: `train` the 20 training images
+        (`classNN.png` labelled NN - 1), `test` the 20 test items (`itemNN.png`, NN - 1
+        in order) labelled by `class_labels.txt`.
+      names: the run folders (`run01`, ...).
+    """
+
+    tasks: MetaDataset
+    names: tuple[str, ...]
+
+
+def _parse_labels(text: str, where: str, prefix: str) -> list[int]:
+    """Test item k's class index from `class_labels.txt` (`run01/test/item01.png
+    run01/training/class08.png` per line)."""
+    found: dict[int, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        item = parts[0].rsplit("/", 1)[-1] if parts else ""
+        cls = parts[1].rsplit("/", 1)[-1] if len(parts) == 2 else ""
+        if not (item.startswith("item") and item.endswith(".png") and cls.startswith("class") and cls.endswith(".png")):
+            raise ValueError(
+                f"{where} line {number} is {line.strip()!r}; each line must be '<run>/test/itemNN.png "
+                "<run>/training/classNN.png'. Replace the file with the repository's."
+            )
+        try:
+            i, c = int(item[4:-4]), int(cls[5:-4])
+        except ValueError:
+            raise ValueError(f"{where} line {number}: {line.strip()!r} has a non-numeric item or class number.") from None
+        if not (1 <= i <= RUN_WAYS and 1 <= c <= RUN_WAYS) or i in found:
+            raise ValueError(f"{where} line {number}: {line.strip()!r} names an item or class outside 1..{RUN_WAYS}, or an item twice.")
+        found[i] = c - 1
+    if sorted(found) != list(range(1, RUN_WAYS + 1)):
+        missing = sorted(set(range(1, RUN_WAYS + 1)) - set(found))
+        raise ValueError(f"{where} gives no class for test item(s) {missing}; it must map all {RUN_WAYS} items.")
+    return [found[i] for i in range(1, RUN_WAYS + 1)]
+
+
+def load_lake_runs(path: PathLike, *, size: int = 28) -> LakeRuns:
+    """Reads Lake et al.'s 20 one-shot runs (`all_runs.zip` or its unpacked folder).
+
+    Each `runNN/` holds `training/class01..20.png`, `test/item01..20.png` and
+    `class_labels.txt`; images are decoded like `load_omniglot` (ink 1.0, `size x size`).
+
+    Example:
+      >>> runs = load_lake_runs("all_runs.zip")
+      >>> runs.tasks.train.x.shape, runs.tasks.test.y[0, :3]
+      ((20, 20, 28, 28, 1), array([7, 8, 1], dtype=int32))
+
+    Raises:
+      FileNotFoundError: no such file or folder.
+      ValueError: naming the run and file: no `runNN` folders, a missing image or
+        `class_labels.txt`, a malformed `class_labels.txt`, an image that does not decode.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        listing = []
+        for folder, dirs, files in os.walk(path):
+            dirs.sort()
+            rel = os.path.relpath(folder, path)
+            listing += [os.path.join(rel, f).replace(os.sep, "/").removeprefix("./") for f in files]
+        read, close = (lambda rel: open(os.path.join(path, rel), "rb").read()), (lambda: None)
+    elif os.path.isfile(path):
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as error:
+            raise ValueError(f"{path!r} is not a readable zip file ({error}); give all_runs.zip or its folder.") from None
+        listing, read, close = archive.namelist(), archive.read, archive.close
+    else:
+        raise FileNotFoundError(f"No Omniglot runs zip or folder at {path!r} (all_runs.zip from the omniglot repository).")
+    present = set(listing)
+    label_files = sorted(n for n in listing if n.rsplit("/", 1)[-1] == "class_labels.txt")
+    try:
+        if not label_files:
+            raise ValueError(
+                f"{path!r} holds no runNN/class_labels.txt; expected Lake et al.'s runs (all_runs.zip: run01..run20, "
+                "each with training/, test/ and class_labels.txt)."
+            )
+        support, query, labels, names = [], [], [], []
+        for labels_file in label_files:
+            prefix = labels_file[: -len("class_labels.txt")]
+            where = f"{labels_file!r} in {path!r}"
+            labels.append(_parse_labels(read(labels_file).decode("utf-8", "replace"), where, prefix))
+            images = {}
+            for part, stem in (("training", "class"), ("test", "item")):
+                images[part] = []
+                for k in range(1, RUN_WAYS + 1):
+                    rel = f"{prefix}{part}/{stem}{k:02d}.png"
+                    if rel not in present:
+                        raise ValueError(f"{rel!r} is missing from {path!r}; every run needs {part}/{stem}01..{RUN_WAYS}.png.")
+                    images[part].append(_decode_png(read(rel), f"{rel!r} in {path!r}", int(size)))
+            support.append(np.stack(images["training"]))
+            query.append(np.stack(images["test"]))
+            names.append(prefix.rstrip("/").rsplit("/", 1)[-1])
+    finally:
+        close()
+    classes = np.tile(np.arange(RUN_WAYS, dtype=np.int32), (len(names), 1))
+    tasks = MetaDataset(
+        train=Dataset(np.stack(support), classes),
+        test=Dataset(np.stack(query), np.asarray(labels, np.int32)),
+    )
+    return LakeRuns(tasks, tuple(names))
+
+
+class LakeScore(NamedTuple):
+    """Errors on Lake's runs: `per_run` `(runs,)` fractions, their `mean` and the half-width
+    `ci95` of a normal 95% interval over runs (`1.96 * std / sqrt(runs)`)."""
+
+    per_run: np.ndarray
+    mean: float
+    ci95: float
+
+
+def lake_score(per_run_error: Sequence[float]) -> LakeScore:
+    """`LakeScore` of per-run error fractions.
+
+    Example:
+      >>> lake_score([0.1, 0.3]).mean
+      0.2
+    """
+    per_run = np.asarray(per_run_error, np.float64)
+    half = 1.959963984540054 * per_run.std(ddof=1) / np.sqrt(per_run.size) if per_run.size > 1 else float("nan")
+    return LakeScore(per_run, float(per_run.mean()), float(half))
+
+
+Predictor = Callable[[MetaDataset], np.ndarray]
+
+
+def score_lake_runs(predict: Predictor, runs: LakeRuns) -> LakeScore:
+    """Scores a predictor on the runs: error = share of each run's 20 test items whose
+    predicted class differs from `class_labels.txt`'s.
+
+    Example:
+      >>> score = score_lake_runs(pixel_nearest_neighbour, load_lake_runs("all_runs.zip"))
+      >>> round(100 * score.mean, 1)  # per cent error
+
+    Args:
+      predict: `tasks -> labels (runs, 20)`: for each run, a class index 0..19 (the
+        support image `train.x[run, k]` is class `train.y[run, k]`) per test item of
+        `tasks.test.x`. It must not read `tasks.test.y`.
+      runs: from `load_lake_runs`.
+    """
+    hidden = runs.tasks._replace(test=runs.tasks.test._replace(y=np.full_like(runs.tasks.test.y, -1)))
+    predicted = np.asarray(predict(hidden))
+    if predicted.shape != runs.tasks.test.y.shape:
+        raise ValueError(f"predict returned shape {predicted.shape}; it must give one class per test item, {runs.tasks.test.y.shape}.")
+    return lake_score((predicted != np.asarray(runs.tasks.test.y)).mean(axis=1))
+
+
+def pixel_nearest_neighbour(tasks: MetaDataset) -> np.ndarray:
+    """Each query's class is that of the support image nearest in raw pixels (Euclidean).
+
+    Example:
+      >>> pixel_nearest_neighbour(runs.tasks).shape
+      (20, 20)
+
+    Args:
+      tasks: leaves `(tasks, samples, ...)`.
+
+    Returns:
+      int32 predicted labels `(tasks, queries)`.
+    """
+    support = np.asarray(tasks.train.x, np.float64).reshape(tasks.train.x.shape[0], tasks.train.x.shape[1], -1)
+    query = np.asarray(tasks.test.x, np.float64).reshape(tasks.test.x.shape[0], tasks.test.x.shape[1], -1)
+    # |q - s|^2 = |q|^2 - 2 q.s + |s|^2, without the (tasks, queries, support, pixels) difference array
+    distance = (query**2).sum(-1)[:, :, None] - 2 * np.einsum("tqp,tsp->tqs", query, support) + (support**2).sum(-1)[:, None, :]
+    nearest = distance.argmin(-1)
+    return np.take_along_axis(np.asarray(tasks.train.y), nearest, axis=1).astype(np.int32)
