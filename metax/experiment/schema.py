@@ -415,6 +415,15 @@ def parse_config(data: Any, *, name: Optional[str] = None, base_dir: str = ".") 
 def _check_consistency(config: ExperimentConfig) -> None:
     if config.eval.tasks < 2:
         raise KeyError_("eval.tasks", f"must be >= 2 for an interval over held-out tasks, got {config.eval.tasks}.")
+    devices, batch = config.train.devices, config.train.meta_batch_size
+    if batch % devices:  # checked here too, so `validate` refuses what `run` would
+        lower, upper = (batch // devices) * devices, (batch // devices + 1) * devices
+        raise KeyError_(
+            "train.meta_batch_size",
+            f"meta_batch_size={batch} does not split over {devices} devices; use a multiple of {devices} "
+            f"(e.g. {lower or upper} or {upper}) or another device count (train.devices, --devices); "
+            f"e.g. --set train.meta_batch_size={lower or upper}.",
+        )
     entry = registry("tasks").get(config.task["name"])
     known = [p.name for p in entry.params]
     for key in config.eval.task:
