@@ -451,14 +451,33 @@ def _run_folders(path: str) -> list[str]:
     raise ConfigError(f"{path} holds no finished run (no summary.json in it or its subfolders).")
 
 
+def _duplicate_runs(folders: Sequence[str], scores: dict) -> dict:
+    """`{index: index of the earlier run it copies}` for runs whose held-out scores are
+    bit-identical to an earlier one's (a copied folder, or one seed run twice)."""
+    import numpy as np
+
+    duplicates = {}
+    for i in range(len(folders)):
+        for j in range(i):
+            if j not in duplicates and all(np.array_equal(parts[i], parts[j]) for parts in scores.values()):
+                duplicates[i] = j
+                break
+    return duplicates
+
+
 def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[str] = None) -> str:
-    """Pools the final held-out scores of each run (or each folder of seed runs) and
-    writes compare.md, compare.json and compare.png to `out`; returns the table."""
+    """The final held-out scores of each run (or each folder of seed runs) with 95%
+    intervals over seeds (`stats.interval_over_seeds`); writes compare.md, compare.json and
+    compare.png to `out`; returns the table.
+
+    Example:
+      >>> print(compare_runs(["runs/maml-seeds"], None))  # doctest: +SKIP
+    """
     import numpy as np
 
     from metax.experiment.io import write_json_atomic, write_text_atomic
     from metax.experiment.plots import plot_comparison
-    from metax.experiment.stats import format_interval, interval, markdown_table
+    from metax.experiment.stats import describe_interval, format_interval, interval_over_seeds, markdown_table
 
     groups = []
     for path in run_dirs:
@@ -472,9 +491,16 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
                 labels.append(np.asarray(data["group"]) if "group" in data.files else None)
             with open(os.path.join(folder, "summary.json")) as handle:
                 summaries.append(json.load(handle))
-        group = {"label": os.path.basename(os.path.normpath(path)), "path": path, "seeds": len(folders)}
+        duplicates = _duplicate_runs(folders, scores)
+        if duplicates:  # a copy of a run is not another seed: count it once
+            keep = [i for i in range(len(folders)) if i not in duplicates]
+            scores = {name: [parts[i] for i in keep] for name, parts in scores.items()}
+            summaries, labels = [summaries[i] for i in keep], [labels[i] for i in keep]
+        group = {"label": os.path.basename(os.path.normpath(path)), "path": path, "seeds": len(folders) - len(duplicates),
+                 "duplicates": [f"{folders[i]} = {folders[j]}" for i, j in duplicates.items()]}
         for name, parts in scores.items():
-            group[name] = interval(np.concatenate(parts))
+            group[name] = interval_over_seeds(parts)
+            group["tasks"] = int(sum(np.size(p) for p in parts))
             seed_means[name] = [float(np.mean(p)) for p in parts]
         group["seed_means"] = seed_means
         initial = [s.get("held_out_initial") or {} for s in summaries]
@@ -484,9 +510,11 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
         }
         names = (summaries[0].get("held_out") or {}).get("groups")
         if names and all(label is not None for label in labels):
-            pooled_labels = np.concatenate(labels)
             group["groups"] = {
-                group_name: {name: interval(np.concatenate(parts)[pooled_labels == index]) for name, parts in scores.items()}
+                group_name: {
+                    name: interval_over_seeds([part[label == index] for part, label in zip(parts, labels)])
+                    for name, parts in scores.items()
+                }
                 for index, group_name in enumerate(names)
             }
         group["steps"] = summaries[0].get("steps")
@@ -497,12 +525,13 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
     metrics = [m for m in ("loss_outer", "acc_outer") if all(m in g for g in groups)]
     if not metrics:
         raise ConfigError("the runs share no held-out metric (loss_outer or acc_outer); compare runs of similar tasks.")
-    header = ["run", "seeds", "tasks x seeds"] + [f"{m} (95% CI)" for m in metrics] + [f"{m} before" for m in metrics] + ["meta-steps", "steps/s"]
+    header = ["run", "seeds", "tasks x seeds"] + [f"{m} (95% CI)" for m in metrics] + ["interval"] + [f"{m} before" for m in metrics] + ["meta-steps", "steps/s"]
     rows = []
     for g in groups:
         rows.append(
-            [g["label"], g["seeds"], g[metrics[0]]["n"]]
+            [g["label"], g["seeds"], g["tasks"]]
             + [format_interval(g[m]) for m in metrics]
+            + [describe_interval(g[metrics[0]])]
             + [f"{g['before'][m]:.3f}" if m in g["before"] else "" for m in metrics]
             + [g["steps"], f"{g['meta_steps_per_second']:.0f}" if g["meta_steps_per_second"] else ""]
         )
@@ -512,6 +541,14 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
         table += f"\n\n{metrics[0]} per group:\n\n" + markdown_table(
             ["run"] + names, [[g["label"]] + [format_interval(g["groups"][n][metrics[0]]) for n in names] for g in groups]
         )
+    table += (
+        "\n\nIntervals: with several seeds, Student's t over the seed means (each seed's tasks "
+        "averaged first), so they reflect seed-to-seed variation; with one seed, a normal "
+        "interval over its held-out tasks (it says nothing about other seeds)."
+    )
+    for g in groups:
+        for pair in g["duplicates"]:
+            table += f"\n{g['label']}: {pair} (identical held-out scores): counted once."
     if out is not None:
         os.makedirs(out, exist_ok=True)
         write_text_atomic(os.path.join(out, "compare.md"), table + "\n")
