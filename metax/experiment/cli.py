@@ -16,7 +16,6 @@ interrupted (resume with `--resume`).
 import argparse
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -140,6 +139,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:  # a bug, or a failure the checks above did not foresee
         if debug:
             raise
+        if "RESOURCE_EXHAUSTED" in str(error):  # XLA ran out of memory: the config asks for too much
+            print(f"metax: error: out of memory ({str(error).splitlines()[0][:300]}); lower train.meta_batch_size, "
+                  "eval.batch_size or the model's size, or use more devices (--devices).", file=sys.stderr)
+            return EXIT_USAGE
         print(f"metax: error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
@@ -236,8 +239,9 @@ def _run_one(config, experiment, out: str, resume: bool, progress: bool, debug_n
         resuming = resume
     summary_path = os.path.join(out, "summary.json")
     if resuming and os.path.exists(summary_path):
-        with open(summary_path) as handle:
-            summary = json.load(handle)
+        from metax.experiment.io import read_json
+
+        summary = read_json(summary_path)
         if summary.get("steps") == config.train.steps:
             print(f"{out}: already complete ({summary['steps']} meta-steps); nothing to do.")
             return summary
@@ -475,7 +479,7 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
     """
     import numpy as np
 
-    from metax.experiment.io import write_json_atomic, write_text_atomic
+    from metax.experiment.io import read_json, read_npz, write_json_atomic, write_text_atomic
     from metax.experiment.plots import plot_comparison
     from metax.experiment.stats import describe_interval, format_interval, interval_over_seeds, markdown_table
 
@@ -484,13 +488,12 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
         folders = _run_folders(path)
         scores, seed_means, summaries, labels = {}, {}, [], []
         for folder in folders:
-            with np.load(os.path.join(folder, "eval_final.npz")) as data:
-                for name in data.files:
-                    if name != "group":
-                        scores.setdefault(name, []).append(np.asarray(data[name], dtype=np.float64))
-                labels.append(np.asarray(data["group"]) if "group" in data.files else None)
-            with open(os.path.join(folder, "summary.json")) as handle:
-                summaries.append(json.load(handle))
+            data = read_npz(os.path.join(folder, "eval_final.npz"))
+            for name, values in data.items():
+                if name != "group":
+                    scores.setdefault(name, []).append(np.asarray(values, dtype=np.float64))
+            labels.append(data.get("group"))
+            summaries.append(read_json(os.path.join(folder, "summary.json")))
         duplicates = _duplicate_runs(folders, scores)
         if duplicates:  # a copy of a run is not another seed: count it once
             keep = [i for i in range(len(folders)) if i not in duplicates]

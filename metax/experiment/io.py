@@ -31,6 +31,46 @@ def write_json_atomic(path: str, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2))
 
 
+def read_json(path: str) -> Any:
+    """The JSON value in `path`.
+
+    Raises:
+      ConfigError: naming the file, for one that cannot be read or is not valid JSON
+        (truncated, zero bytes, edited by hand), instead of a bare JSONDecodeError.
+
+    Example:
+      >>> read_json("runs/sinusoid-maml/summary.json")["steps"]  # doctest: +SKIP
+      10000
+    """
+    from metax.experiment.errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
+        raise ConfigError(
+            f"{path} cannot be read as JSON ({type(error).__name__}: {error}); the file is damaged: "
+            "restore it, or rerun the run it belongs to into a new folder."
+        ) from error
+
+
+def read_npz(path: str) -> dict:
+    """The arrays of an `.npz` file, loaded in full.
+
+    Raises:
+      ConfigError: naming the file, for one that is missing, truncated or not an `.npz`.
+    """
+    import numpy as np
+
+    from metax.experiment.errors import ConfigError
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: np.asarray(data[name]) for name in data.files}
+    except Exception as error:  # zipfile, numpy and OS errors all mean "damaged or missing"
+        raise ConfigError(f"{path} cannot be read ({type(error).__name__}: {error}); the file is damaged or missing.") from error
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
