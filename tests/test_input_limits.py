@@ -95,3 +95,15 @@ def test_a_damaged_summary_is_named(tmp_path, capsys):
     (run / "eval_final.npz").write_bytes(b"PK\x03\x04 not a zip")
     code, err = run_cli(["compare", str(run), "--out", str(tmp_path / "cmp")], capsys)
     assert code == 2 and f"{run / 'eval_final.npz'} cannot be read" in err
+
+
+def test_eval_and_plot_of_a_run_folder_say_which_plugins_they_load(tmp_path, capsys):
+    plugin = tmp_path / "harmless_plugin.py"
+    plugin.write_text("VALUE = 1\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(TINY + f"name: tiny\nplugins: [{plugin}]\n")
+    for command in ("eval", "plot"):
+        code, err = run_cli([command, str(run)], capsys)
+        assert f"{run / 'config.yaml'} loads plugin code: {plugin}" in err
+        assert code == 2 and "has no checkpoint yet" in err
