@@ -36,9 +36,20 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
+def _version() -> str:
+    """The installed package's version (the source tree's pyproject when not installed)."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("metax")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metax", description="Run and compare metax meta-learning experiments.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"metax {_version()}", help="print metax's version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = commands.add_parser("run", help="meta-train from a YAML config")
@@ -58,18 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     evaluate = commands.add_parser("eval", help="score a run's newest checkpoint on held-out tasks")
-    evaluate.add_argument("run_dir")
+    evaluate.add_argument("run_dir", help="a run folder written by metax run")
     evaluate.add_argument("--tasks", type=int, help="held-out tasks (default: the run's eval.tasks)")
     evaluate.add_argument("--steps", type=int, help="adaptation steps (default: the run's eval steps)")
     evaluate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     plot = commands.add_parser("plot", help="draw a run's learning curves and fits")
-    plot.add_argument("run_dir")
+    plot.add_argument("run_dir", help="a run folder written by metax run")
     plot.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     validate = commands.add_parser("validate", help="check a config without running it")
-    validate.add_argument("config")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    validate.add_argument("config", help="YAML config file (see configs/)")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key, as for metax run (repeatable)")
     validate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     listing = commands.add_parser("list", help="registered learners, modules, tasks, models, optimizers, kernels")
