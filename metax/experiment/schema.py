@@ -429,7 +429,9 @@ def _check_consistency(config: ExperimentConfig) -> None:
     if config.seed > MAX_SEED:
         raise KeyError_("seed", f"must be at most 2**63 - 1 (a PRNG key's 64-bit seed), got {config.seed}.")
     devices, batch = config.train.devices, config.train.meta_batch_size
-    if batch % devices:  # checked here too, so `validate` refuses what `run` would
+    # Checked here too, so `validate` refuses what `run` would; more devices than tasks is
+    # left to the run's device check, which first says how many devices there are.
+    if devices <= batch and batch % devices:
         lower, upper = (batch // devices) * devices, (batch // devices + 1) * devices
         raise KeyError_(
             "train.meta_batch_size",
