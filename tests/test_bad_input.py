@@ -106,9 +106,9 @@ BAD_INPUT = [
      ValueError, r"dataset is empty"),
     # -- losses and modules ------------------------------------------------------------------
     ("optax loss as an energy", lambda: metax.module.LearnedInit(optax.l2_loss, SQ(), metax.models.mlp_fn([4], 1)),
-     TypeError, r"loss_fn_inner must be a metax\.energy\.EnergyFunction.*got l2_loss"),
+     TypeError, r"loss_fn_inner must be a loss called as fn\(rng, pred, target, params, hparams, state, hstate, info\).*l2_loss\(predictions"),
     ("optax loss with reg_strength", lambda: metax.module.ANIL(SQ(), optax.l2_loss, metax.models.mlp_fn([4], 4), 1, reg_strength=1.0),
-     TypeError, r"loss_fn_outer must be a metax\.energy\.EnergyFunction"),
+     TypeError, r"loss_fn_outer must be a loss called as fn\(rng"),
     ("output_dim=0", lambda: learned_init(output_dim=0), ValueError, r"output_dim must be a positive int, got 0"),
     # -- learner constructors ------------------------------------------------------------------
     ("negative inner learning rate", lambda: metax.learner.MAML(learned_init(), None, 2, optax.sgd(-0.1), SGD),

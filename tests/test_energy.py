@@ -180,8 +180,8 @@ def test_adding_a_non_energy():
     assert energy.__add__(1.0) is NotImplemented
     with pytest.raises(TypeError):
         energy + 1.0
-    with pytest.raises(TypeError):
-        energy + (lambda *args: (0.0, {}))
+    with pytest.raises(TypeError, match="cannot take those eight positional arguments"):
+        energy + (lambda pred, target: (0.0, {}))
 
 
 # -------------------------------------------------------------------------- regularisers

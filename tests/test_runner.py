@@ -218,16 +218,18 @@ def test_a_plugin_learner_runs_from_a_config_and_shows_in_list(tmp_path, capsys)
     assert name in capsys.readouterr().out
 
 
-def test_compare_pools_seeds_and_tasks(tmp_path, capsys):
+def test_compare_intervals_are_over_seeds(tmp_path, capsys):
     config = write(tmp_path / "tiny.yaml", TINY)
     out = tmp_path / "seeds"
     assert main(["run", config, "--out", str(out), "--seeds", "2", "--no-progress", "--no-plots", "--set", "train.steps=2"]) == 0
     assert sorted(os.listdir(out))[:2] == ["compare.json", "compare.md"]
     pooled = np.concatenate([np.load(out / f"seed-{s}" / "eval_final.npz")["loss_outer"] for s in (0, 1)])
     result = json.loads((out / "compare.json").read_text())["runs"][0]
-    assert result["seeds"] == 2 and result["loss_outer"]["n"] == 12
+    assert result["seeds"] == 2 and result["loss_outer"]["n"] == 2
     assert result["loss_outer"]["mean"] == pytest.approx(pooled.mean())
-    assert result["loss_outer"]["ci95"] == pytest.approx(1.959964 * scipy.stats.sem(pooled), rel=1e-5)
+    seed_means = [np.load(out / f"seed-{s}" / "eval_final.npz")["loss_outer"].mean() for s in (0, 1)]
+    t_half = scipy.stats.t.ppf(0.975, 1) * np.std(seed_means, ddof=1) / np.sqrt(2)  # over seeds, not tasks
+    assert result["loss_outer"]["ci95"] == pytest.approx(t_half, rel=1e-4) and result["tasks"] == 12
     assert "| seeds |" in (out / "compare.md").read_text()
     capsys.readouterr()
     assert main(["eval", str(out / "seed-1"), "--tasks", "6"]) == 0

@@ -2,6 +2,8 @@
 
 from metax.energy.base import EnergyFunction
 from metax.energy.base import EnergySum
+from metax.energy.function import FunctionEnergy
+from metax.energy.function import as_energy
 from metax.energy.loss import CrossEntropy
 from metax.energy.loss import CrossEntropyMasked
 from metax.energy.loss import SquaredError
@@ -15,9 +17,11 @@ __all__ = [
     "CrossEntropyMasked",
     "EnergyFunction",
     "EnergySum",
+    "FunctionEnergy",
     "LearnedL2",
     "SquaredError",
     "SquaredErrorMasked",
     "accuracy",
+    "as_energy",
     "iMAML",
 ]

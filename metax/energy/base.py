@@ -39,10 +39,19 @@ class EnergyFunction(abc.ABC):
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
         self.reduction = reduction
 
-    def __add__(self, other: EnergyFunction) -> EnergySum:
-        if not isinstance(other, EnergyFunction):
+    def __add__(self, other: Any) -> EnergySum:
+        # A plain function with the loss signature is an energy too (metax's convention):
+        # it is wrapped, so `SquaredError() + my_loss` and `my_loss + iMAML(...)` both work.
+        other = _as_energy_or_none(other)
+        if other is None:
             return NotImplemented
         return EnergySum(self, other)
+
+    def __radd__(self, other: Any) -> EnergySum:
+        other = _as_energy_or_none(other)
+        if other is None:
+            return NotImplemented
+        return EnergySum(other, self)
 
     @abc.abstractmethod
     def __call__(
@@ -115,3 +124,14 @@ class EnergySum(EnergyFunction):
                     name = f"{key}_{count}"
                 metrics[name] = metric
         return total, metrics
+
+
+def _as_energy_or_none(other: Any) -> Optional[EnergyFunction]:
+    """`other` as an energy for `+`, or None if it is not callable (numbers and the like)."""
+    if isinstance(other, EnergyFunction):
+        return other
+    if not callable(other):
+        return None
+    from metax.energy.function import FunctionEnergy  # function.py imports this module
+
+    return FunctionEnergy(other, "an energy added with +")

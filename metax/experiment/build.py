@@ -117,7 +117,7 @@ def trace(experiment: Experiment) -> None:
     """
     learner = experiment.learner
     config = experiment.config
-    from metax.experiment.loop import _mesh
+    from metax.experiment.loop import _mesh, _watched
 
     _mesh(config.train.devices, config.train.meta_batch_size)  # device count and split, before any run
     try:
@@ -125,15 +125,50 @@ def trace(experiment: Experiment) -> None:
             lambda key: metax.data.sample_metabatch(key, experiment.task.sample_task, config.train.meta_batch_size),
             jax.random.PRNGKey(0),
         )
+        check_fits_memory(batch, config.train.meta_batch_size, config.eval.tasks)
         sample_input = jax.ShapeDtypeStruct(batch.train.x.shape[1:], batch.train.x.dtype)
         meta_state = jax.eval_shape(learner.reset, jax.random.PRNGKey(0), sample_input)
-        jax.eval_shape(learner.update, jax.random.PRNGKey(0), meta_state, batch)
+        metrics = jax.eval_shape(learner.update, jax.random.PRNGKey(0), meta_state, batch)[1]
+        _watched(metrics, config.train.check_finite)  # the names `run` checks, checked by `validate` too
     except ConfigError:
         raise
     except Exception as error:  # the library's own message, attributed to the config
         raise ConfigError(
             f"{config.learner['name']} with {config.module['name']} on {config.task['name']}: {type(error).__name__}: {error}"
         ) from error
+
+
+def available_memory_bytes() -> int:
+    """The memory one device can hold: an accelerator's limit, else the host's RAM."""
+    import os
+
+    stats = getattr(jax.local_devices()[0], "memory_stats", lambda: None)()
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_memory(batch: jax.ShapeDtypeStruct, meta_batch_size: int, eval_tasks: int) -> None:
+    """Refuses a meta-batch, or a held-out set, whose data alone would take more than half
+    the memory (the learner's activations come on top): XLA would fail mid-run with a raw
+    RESOURCE_EXHAUSTED, or the host would swap.
+
+    Args:
+      batch: the abstract meta-batch (shapes only).
+      meta_batch_size: tasks in it; eval_tasks: held-out tasks (data of the same size each).
+
+    Raises:
+      ConfigError: naming the key to lower.
+    """
+    per_task = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(batch)) / max(meta_batch_size, 1)
+    budget = available_memory_bytes() / 2
+    for key, tasks in (("train.meta_batch_size", meta_batch_size), ("eval.tasks", eval_tasks)):
+        if per_task * tasks > budget:
+            raise ConfigError(
+                f"{key}={tasks:,}: the tasks' data alone would take {per_task * tasks / 2**30:,.1f} GiB, more than "
+                f"half of the {2 * budget / 2**30:,.1f} GiB this device has; lower {key} "
+                f"(at most about {int(budget // per_task):,} tasks here)."
+            )
 
 
 def describe(experiment: Experiment) -> str:

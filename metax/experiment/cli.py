@@ -17,7 +17,7 @@ message and no traceback unless `--debug`; 3 a run stopped on a non-finite value
 
 import argparse
 import dataclasses
-import json
+import hashlib
 import os
 import shutil
 import sys
@@ -39,9 +39,20 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
+def _version() -> str:
+    """The installed package's version (the source tree's pyproject when not installed)."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("metax")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metax", description="Run and compare metax meta-learning experiments.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"metax {_version()}", help="print metax's version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = commands.add_parser("run", help="meta-train from a YAML config")
@@ -70,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     evaluate = commands.add_parser("eval", help="score a run's newest checkpoint on held-out tasks")
-    evaluate.add_argument("run_dir")
+    evaluate.add_argument("run_dir", help="a run folder written by metax run")
     evaluate.add_argument("--tasks", type=int, help="held-out tasks (default: the run's eval.tasks)")
     evaluate.add_argument("--steps", type=int, help="adaptation steps (default: the run's eval steps)")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
@@ -80,12 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     plot = commands.add_parser("plot", help="draw a run's learning curves and fits")
-    plot.add_argument("run_dir")
+    plot.add_argument("run_dir", help="a run folder written by metax run")
     plot.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     validate = commands.add_parser("validate", help="check a config without running it")
-    validate.add_argument("config")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    validate.add_argument("config", help="YAML config file (see configs/)")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key, as for metax run (repeatable)")
     validate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     listing = commands.add_parser("list", help="registered learners, modules, tasks, models, optimizers, kernels")
@@ -172,6 +184,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except Exception as error:  # a bug, or a failure the checks above did not foresee
         if debug:
             raise
+        if "RESOURCE_EXHAUSTED" in str(error):  # XLA ran out of memory: the config asks for too much
+            print(f"metax: error: out of memory ({str(error).splitlines()[0][:300]}); lower train.meta_batch_size, "
+                  "eval.batch_size or the model's size, or use more devices (--devices).", file=sys.stderr)
+            return EXIT_USAGE
         print(f"metax: error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
@@ -351,11 +367,9 @@ def _run_locked(config, experiment, out, resuming, resume, recorded, progress, d
 
 
 def _read_summary(path: str) -> dict:
-    try:
-        with open(path) as handle:
-            summary = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{path} cannot be read ({error}); it is damaged.") from error
+    from metax.experiment.io import read_json
+
+    summary = read_json(path)  # a damaged file: a ConfigError naming it
     if not isinstance(summary, dict):
         raise ConfigError(f"{path} is not a metax summary.")
     return summary
@@ -680,30 +694,55 @@ def _run_folders(path: str) -> list[str]:
     raise ConfigError(f"{path} holds no finished run (no summary.json in it or its subfolders).")
 
 
-def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[str] = None) -> str:
-    """Pools the final held-out scores of each run (or each folder of seed runs) and
-    writes compare.md, compare.json and compare.png to `out`; returns the table."""
+def _duplicate_runs(folders: Sequence[str], scores: dict) -> dict:
+    """`{index: index of the earlier run it copies}` for runs whose held-out scores are
+    bit-identical to an earlier one's (a copied folder, or one seed run twice)."""
     import numpy as np
 
-    from metax.experiment.io import write_json_atomic, write_text_atomic
+    duplicates = {}
+    for i in range(len(folders)):
+        for j in range(i):
+            if j not in duplicates and all(np.array_equal(parts[i], parts[j]) for parts in scores.values()):
+                duplicates[i] = j
+                break
+    return duplicates
+
+
+def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[str] = None) -> str:
+    """The final held-out scores of each run (or each folder of seed runs) with 95%
+    intervals over seeds (`stats.interval_over_seeds`); writes compare.md, compare.json and
+    compare.png to `out`; returns the table.
+
+    Example:
+      >>> print(compare_runs(["runs/maml-seeds"], None))  # doctest: +SKIP
+    """
+    import numpy as np
+
+    from metax.experiment.io import read_json, read_npz, write_json_atomic, write_text_atomic
     from metax.experiment.plots import plot_comparison
-    from metax.experiment.stats import format_interval, interval, markdown_table
+    from metax.experiment.stats import describe_interval, format_interval, interval_over_seeds, markdown_table
 
     groups = []
     for path in run_dirs:
         folders = _run_folders(path)
         scores, seed_means, summaries, labels = {}, {}, [], []
         for folder in folders:
-            with np.load(os.path.join(folder, "eval_final.npz")) as data:
-                for name in data.files:
-                    if name != "group":
-                        scores.setdefault(name, []).append(np.asarray(data[name], dtype=np.float64))
-                labels.append(np.asarray(data["group"]) if "group" in data.files else None)
-            with open(os.path.join(folder, "summary.json")) as handle:
-                summaries.append(json.load(handle))
-        group = {"label": os.path.basename(os.path.normpath(path)), "path": path, "seeds": len(folders)}
+            data = read_npz(os.path.join(folder, "eval_final.npz"))
+            for name, values in data.items():
+                if name != "group":
+                    scores.setdefault(name, []).append(np.asarray(values, dtype=np.float64))
+            labels.append(data.get("group"))
+            summaries.append(read_json(os.path.join(folder, "summary.json")))
+        duplicates = _duplicate_runs(folders, scores)
+        if duplicates:  # a copy of a run is not another seed: count it once
+            keep = [i for i in range(len(folders)) if i not in duplicates]
+            scores = {name: [parts[i] for i in keep] for name, parts in scores.items()}
+            summaries, labels = [summaries[i] for i in keep], [labels[i] for i in keep]
+        group = {"label": os.path.basename(os.path.normpath(path)), "path": path, "seeds": len(folders) - len(duplicates),
+                 "duplicates": [f"{folders[i]} = {folders[j]}" for i, j in duplicates.items()]}
         for name, parts in scores.items():
-            group[name] = interval(np.concatenate(parts))
+            group[name] = interval_over_seeds(parts)
+            group["tasks"] = int(sum(np.size(p) for p in parts))
             seed_means[name] = [float(np.mean(p)) for p in parts]
         group["seed_means"] = seed_means
         initial = [s.get("held_out_initial") or {} for s in summaries]
@@ -713,9 +752,11 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
         }
         names = (summaries[0].get("held_out") or {}).get("groups")
         if names and all(label is not None for label in labels):
-            pooled_labels = np.concatenate(labels)
             group["groups"] = {
-                group_name: {name: interval(np.concatenate(parts)[pooled_labels == index]) for name, parts in scores.items()}
+                group_name: {
+                    name: interval_over_seeds([part[label == index] for part, label in zip(parts, labels)])
+                    for name, parts in scores.items()
+                }
                 for index, group_name in enumerate(names)
             }
         group["steps"] = summaries[0].get("steps")
@@ -726,12 +767,13 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
     metrics = [m for m in ("loss_outer", "acc_outer") if all(m in g for g in groups)]
     if not metrics:
         raise ConfigError("the runs share no held-out metric (loss_outer or acc_outer); compare runs of similar tasks.")
-    header = ["run", "seeds", "tasks x seeds"] + [f"{m} (95% CI)" for m in metrics] + [f"{m} before" for m in metrics] + ["meta-steps", "steps/s"]
+    header = ["run", "seeds", "tasks x seeds"] + [f"{m} (95% CI)" for m in metrics] + ["interval"] + [f"{m} before" for m in metrics] + ["meta-steps", "steps/s"]
     rows = []
     for g in groups:
         rows.append(
-            [g["label"], g["seeds"], g[metrics[0]]["n"]]
+            [g["label"], g["seeds"], g["tasks"]]
             + [format_interval(g[m]) for m in metrics]
+            + [describe_interval(g[metrics[0]])]
             + [f"{g['before'][m]:.3f}" if m in g["before"] else "" for m in metrics]
             + [g["steps"], f"{g['meta_steps_per_second']:.0f}" if g["meta_steps_per_second"] else ""]
         )
@@ -741,6 +783,14 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[s
         table += f"\n\n{metrics[0]} per group:\n\n" + markdown_table(
             ["run"] + names, [[g["label"]] + [format_interval(g["groups"][n][metrics[0]]) for n in names] for g in groups]
         )
+    table += (
+        "\n\nIntervals: with several seeds, Student's t over the seed means (each seed's tasks "
+        "averaged first), so they reflect seed-to-seed variation; with one seed, a normal "
+        "interval over its held-out tasks (it says nothing about other seeds)."
+    )
+    for g in groups:
+        for pair in g["duplicates"]:
+            table += f"\n{g['label']}: {pair} (identical held-out scores): counted once."
     if out is not None:
         chosen = metric or ("acc_outer" if "acc_outer" in metrics else "loss_outer")
         if chosen not in metrics:

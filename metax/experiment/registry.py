@@ -263,12 +263,22 @@ def load_plugin(path: str) -> None:
     if not os.path.isfile(path):
         raise ConfigError(f"plugins: {path} does not exist; give a Python file path relative to the config file.")
     module_name = "metax_plugin_" + hashlib.sha1(path.encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(module_name, path)
+    # Without a .py suffix importlib finds no loader (spec None): say so instead of failing
+    # on None.
+    spec = importlib.util.spec_from_file_location(module_name, path) if path.endswith(".py") else None
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"plugins: {path} is not a Python file (*.py); a plugin is a .py file that calls metax.experiment.register.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     _current_source[0] = path
     try:
         spec.loader.exec_module(module)
+    except SystemExit as error:  # sys.exit() in a plugin must not end `metax run` with its status
+        del sys.modules[module_name]
+        raise ConfigError(
+            f"plugins: importing {path} called sys.exit({error.code!r}); a plugin must only define and "
+            "register components. Nothing was run."
+        ) from None
     except Exception as error:
         del sys.modules[module_name]
         raise ConfigError(f"plugins: importing {path} failed: {type(error).__name__}: {error}") from error

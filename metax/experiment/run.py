@@ -22,6 +22,24 @@ class Run(NamedTuple):
     keys: Keys  # the run's PRNG keys (held-out tasks, adaptation)
 
 
+def announce_plugins(data: Any, config_path: str) -> None:
+    """Says on stderr which plugin files a run folder's config makes metax import.
+
+    A plugin is Python code: `eval` and `plot` of a folder someone else wrote run it, so
+    the user sees what is executed before it is.
+
+    Example:
+      >>> announce_plugins({"plugins": ["/abs/my_learner.py"]}, "runs/x/config.yaml")  # doctest: +SKIP
+      metax: runs/x/config.yaml loads plugin code: /abs/my_learner.py
+    """
+    plugins = data.get("plugins") if isinstance(data, dict) else None
+    if plugins:
+        import sys
+
+        shown = ", ".join(map(str, plugins)) if isinstance(plugins, list) else repr(plugins)
+        print(f"metax: {config_path} loads plugin code: {shown}", file=sys.stderr)
+
+
 def open_run(run_dir: str, eval_overrides: Sequence[str] = ()) -> Run:
     """Rebuilds the experiment of a run folder from its `config.yaml` and restores its
     newest checkpoint, e.g. to evaluate or plot it, or to study what it learned.
@@ -74,6 +92,7 @@ def read_run_config(run_dir: str, overrides: Sequence[str] = ()) -> ExperimentCo
     plugins = data.get("plugins") or []
     if isinstance(plugins, list):
         data["plugins"] = [_plugin_path(run_dir, p) if isinstance(p, str) else p for p in plugins]
+    announce_plugins(data, config_path)
     try:
         return parse_config(data, base_dir=run_dir)
     except ConfigError as error:

@@ -13,6 +13,7 @@ what a run folder keeps as `config.yaml`: enough to rerun the run.
 
 import collections.abc
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -87,6 +88,8 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
         return value
     if origin in (Union, types.UnionType):
         members = typing.get_args(annotation)
+        if isinstance(value, float) and not math.isfinite(value) and float in members:
+            raise KeyError_(path, f"must be a finite number, got {value!r}.")
         if value is None:
             if type(None) in members:
                 return None
@@ -121,14 +124,19 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
     if annotation is float:
         if isinstance(value, bool):
             raise fail()
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise fail()
+        if number is None:
+            raise fail()
+        if not math.isfinite(number):  # a NaN or infinite rate trains on NaN from the first step
+            raise KeyError_(path, f"must be a finite number, got {value!r}.")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise fail()
@@ -401,9 +409,25 @@ def parse_config(data: Any, *, name: Optional[str] = None, base_dir: str = ".") 
     return config
 
 
+MAX_SEED = 2**63 - 1  # jax.random.PRNGKey takes a signed 64-bit seed
+
+
 def _check_consistency(config: ExperimentConfig) -> None:
     if config.eval.tasks < 2:
         raise KeyError_("eval.tasks", f"must be >= 2 for an interval over held-out tasks, got {config.eval.tasks}.")
+    if config.seed > MAX_SEED:
+        raise KeyError_("seed", f"must be at most 2**63 - 1 (a PRNG key's 64-bit seed), got {config.seed}.")
+    devices, batch = config.train.devices, config.train.meta_batch_size
+    # Checked here too, so `validate` refuses what `run` would; more devices than tasks is
+    # left to the run's device check, which first says how many devices there are.
+    if devices <= batch and batch % devices:
+        lower, upper = (batch // devices) * devices, (batch // devices + 1) * devices
+        raise KeyError_(
+            "train.meta_batch_size",
+            f"meta_batch_size={batch} does not split over {devices} devices; use a multiple of {devices} "
+            f"(e.g. {lower or upper} or {upper}) or another device count (train.devices, --devices); "
+            f"e.g. --set train.meta_batch_size={lower or upper}.",
+        )
     entry = registry("tasks").get(config.task["name"])
     known = [p.name for p in entry.params]
     for key in config.eval.task:
@@ -416,16 +440,53 @@ def _check_consistency(config: ExperimentConfig) -> None:
 # -- YAML -----------------------------------------------------------------------------
 
 
-def _key_lines(node: Any, prefix: str = "", lines: Optional[dict] = None) -> dict:
-    """Dotted key -> line number (1-based) for every mapping key of a YAML node tree."""
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; more is a wrong file
+MAX_KEY_LINES = 100_000  # bounds the key -> line map, whatever aliases the file uses
+
+
+def _key_lines(node: Any, path: str = "<config>") -> dict:
+    """Dotted key -> line number (1-based) for every mapping key of a YAML node tree.
+
+    Each node is visited once: an alias (`*name`) points at a node already visited, and
+    following it would let a small file of nested aliases grow the map exponentially.
+    A key that appears twice in one mapping is refused, naming both lines (YAML's own
+    loader keeps the last silently).
+
+    Raises:
+      ConfigError: for a duplicate key.
+
+    Example:
+      >>> import yaml
+      >>> _key_lines(yaml.compose("train:\\n  steps: 3\\n"))
+      {'train': 1, 'train.steps': 2}
+    """
     import yaml
 
-    lines = {} if lines is None else lines
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-            lines[path] = key_node.start_mark.line + 1
-            _key_lines(value_node, path, lines)
+    lines: dict = {}
+    seen: set = set()
+    stack = [(node, "")]
+    while stack and len(lines) < MAX_KEY_LINES:  # iterative: deep nesting cannot overflow
+        current, prefix = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend((child, prefix) for child in reversed(current.value))
+        if not isinstance(current, yaml.MappingNode):
+            continue
+        first: dict = {}
+        for key_node, value_node in current.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            dotted = f"{prefix}.{key}" if prefix else key
+            if key in first and isinstance(key_node, yaml.ScalarNode) and key != "<<":
+                raise ConfigError(
+                    f"{path}, line {line}: duplicate key {dotted!r} (also on line {first[key]}); YAML would "
+                    "keep only the last one silently. Merge the two into one mapping."
+                )
+            first[key] = line
+            lines.setdefault(dotted, line)
+            stack.append((value_node, dotted))
     return lines
 
 
@@ -433,8 +494,9 @@ def read_yaml(path: str) -> tuple[Any, dict]:
     """The parsed YAML file and its key -> line map.
 
     Raises:
-      ConfigError: for a missing or unreadable file, a directory, or malformed YAML
-        (with the line and column of the problem).
+      ConfigError: for a missing or unreadable file, a directory or other non-regular
+        file (a device such as /dev/zero, a pipe), a file over 1 MiB, malformed YAML (with
+        the line and column of the problem), nesting too deep to read, or a duplicate key.
     """
     import yaml
 
@@ -442,19 +504,25 @@ def read_yaml(path: str) -> tuple[Any, dict]:
         raise ConfigError(f"{path} is a directory; give the path of a YAML config file (e.g. configs/sinusoid-maml.yaml).")
     if not os.path.exists(path):
         raise ConfigError(f"{path} does not exist; `metax list` shows the registered names and configs/ holds examples.")
+    if not os.path.isfile(path):  # /dev/zero, a FIFO: reading could never end
+        raise ConfigError(f"{path} is not a regular file; give the path of a YAML config file.")
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            text = handle.read(MAX_CONFIG_BYTES + 1)  # capped: the size can change after the check
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read {path}: {error}") from error
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; is it a config file? A config is a few hundred bytes of YAML.")
     try:
         data = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
+        lines = _key_lines(yaml.compose(text), path)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{path}{where}: malformed YAML: {problem}.") from error
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read (thousands of brackets or indents); a config nests a few levels.") from None
     return data, lines
 
 

@@ -103,7 +103,7 @@ class AlmostNoInnerLoop(MetaModule):
         output_dim: int,
         reg_strength: Optional[float] = None,
     ) -> None:
-        check_energies(loss_fn_inner, loss_fn_outer)
+        loss_fn_inner, loss_fn_outer = check_energies(loss_fn_inner, loss_fn_outer)
         if reg_strength is not None:
             loss_fn_inner = loss_fn_inner + energy.iMAML(reg_strength, key_map=self.init_keys)
         super().__init__(loss_fn_inner, loss_fn_outer)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from metax.energy import EnergyFunction
+from metax.energy.function import as_energy
 
 Params = Any
 State = Any
@@ -38,8 +39,10 @@ class MetaModule(abc.ABC):
     """Base class of meta-learned models.
 
     Args:
-      loss_fn_inner: the energy the inner loop minimises over `params` (support set).
-      loss_fn_outer: the energy the outer loop minimises over `hparams` (query set).
+      loss_fn_inner: the energy the inner loop minimises over `params` (support set): an
+        `EnergyFunction` or, as in metax, any function `fn(rng, pred, target, params,
+        hparams, state, hstate, info) -> (loss, metrics)` (wrapped by `as_energy`).
+      loss_fn_outer: the energy the outer loop minimises over `hparams` (query set), the same.
 
     Example:
       >>> hparams, hstate = meta_model.reset_hparams(jax.random.PRNGKey(0), sample_input)
@@ -50,9 +53,7 @@ class MetaModule(abc.ABC):
     """
 
     def __init__(self, loss_fn_inner: EnergyFunction, loss_fn_outer: EnergyFunction) -> None:
-        check_energies(loss_fn_inner, loss_fn_outer)
-        self.loss_fn_inner = loss_fn_inner
-        self.loss_fn_outer = loss_fn_outer
+        self.loss_fn_inner, self.loss_fn_outer = check_energies(loss_fn_inner, loss_fn_outer)
 
     @property
     def init_keys(self) -> dict[str, str]:
@@ -103,18 +104,16 @@ class MetaModule(abc.ABC):
         """A task's starting params and state, derived from the meta-parameters."""
 
 
-def check_energies(loss_fn_inner: Any, loss_fn_outer: Any) -> None:
-    """Raises unless both losses are `EnergyFunction`s (a module calls it before adding a
-    regulariser, so a plain function fails here with this message)."""
-    for name, fn in (("loss_fn_inner", loss_fn_inner), ("loss_fn_outer", loss_fn_outer)):
-        if not isinstance(fn, EnergyFunction):
-            what = getattr(fn, "__name__", type(fn).__name__)
-            raise TypeError(
-                f"{name} must be a metax.energy.EnergyFunction, called as energy(rng, pred, target, "
-                f"params, hparams, state, hstate, info) -> (loss, metrics); got {what}. Use "
-                "metax.energy.SquaredError() or CrossEntropy(), or subclass EnergyFunction to wrap "
-                "a loss such as an optax one."
-            )
+def check_energies(loss_fn_inner: Any, loss_fn_outer: Any) -> tuple[EnergyFunction, EnergyFunction]:
+    """Both losses as energies: an `EnergyFunction` as it is, a plain function with metax's
+    loss signature `fn(rng, pred, target, params, hparams, state, hstate, info) -> (loss,
+    metrics)` wrapped (`metax.energy.as_energy`). A module calls it before adding a
+    regulariser, so a callable of another signature fails here, naming the argument.
+
+    Example:
+      >>> inner, outer = check_energies(SquaredError(), my_loss_function)  # doctest: +SKIP
+    """
+    return as_energy(loss_fn_inner, "loss_fn_inner"), as_energy(loss_fn_outer, "loss_fn_outer")
 
 
 def as_transformed_with_state(fn: Any, argument: str) -> hk.TransformedWithState:

@@ -97,7 +97,7 @@ class ComplexSynapse(MetaModule):
         l2_reg: float,
         l2_fixed: bool = False,
     ) -> None:
-        check_energies(loss_fn_inner, loss_fn_outer)
+        loss_fn_inner, loss_fn_outer = check_energies(loss_fn_inner, loss_fn_outer)
         self.l2_fixed = bool(l2_fixed)
         if self.l2_fixed:
             regularizer = energy.iMAML(l2_reg, key_map=self.init_keys)

@@ -119,7 +119,7 @@ class GainMod(MetaModule):
         adapt_head: bool = False,
         reg_strength: Optional[float] = None,
     ) -> None:
-        check_energies(loss_fn_inner, loss_fn_outer)
+        loss_fn_inner, loss_fn_outer = check_energies(loss_fn_inner, loss_fn_outer)
         self.adapt_head = bool(adapt_head)
         if reg_strength is not None:
             loss_fn_inner = loss_fn_inner + energy.iMAML(reg_strength, key_map=self.init_keys)

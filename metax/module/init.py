@@ -92,7 +92,7 @@ class LearnedInit(MetaModule):
         reg_strength: Optional[float] = None,
         output_dim: Optional[int] = None,
     ) -> None:
-        check_energies(loss_fn_inner, loss_fn_outer)
+        loss_fn_inner, loss_fn_outer = check_energies(loss_fn_inner, loss_fn_outer)
         if reg_strength is not None:
             loss_fn_inner = loss_fn_inner + energy.iMAML(reg_strength, key_map=self.init_keys)
         super().__init__(loss_fn_inner, loss_fn_outer)
