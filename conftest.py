@@ -70,9 +70,20 @@ def example_names() -> dict:
     return _EXAMPLE_NAMES
 
 
+OMNIGLOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "omniglot")
+
+
 @pytest.fixture(autouse=True)
 def _doctest_names(request):
     # Only doctests get the names (and pay for building them), not the ordinary tests.
     if request.node.__class__.__name__ == "DoctestItem":
         namespace = request.getfixturevalue("doctest_namespace")
         namespace.update(example_names())
+        if request.node.name.startswith("metax.data.omniglot"):
+            # The Omniglot examples read the files users download, by their own names: run
+            # them beside the project's copy (the module's examples share one namespace,
+            # so `data` and `runs` carry from one docstring to the next), else skip.
+            folder = os.environ.get("METAX_OMNIGLOT_DIR", OMNIGLOT_DIR)
+            if not os.path.exists(os.path.join(folder, "all_runs.zip")):
+                pytest.skip(f"Omniglot files not found at {folder}")
+            request.getfixturevalue("monkeypatch").chdir(folder)

@@ -70,6 +70,14 @@ class FunctionEnergy(EnergyFunction):
     Args:
       fn: `fn(rng, pred, target, params, hparams, state, hstate, info) -> (loss, metrics)`.
       argument: where it was passed (e.g. "loss_fn_inner"), for error messages.
+
+    Example:
+      >>> def mse(rng, pred, target, params, hparams, state, hstate, info):
+      ...     return jnp.mean((pred - target) ** 2), {}
+      >>> energy = metax.energy.FunctionEnergy(mse, "loss_fn_inner")
+      >>> loss, metrics = energy(None, jnp.ones(3), jnp.zeros(3), None, None, None, None)
+      >>> float(loss)
+      1.0
     """
 
     def __init__(self, fn: Callable, argument: str = "loss_fn") -> None:
