@@ -89,19 +89,6 @@ def test_a_component_registered_later_appears_in_the_config_reference():
 # public name without an example fails. Data containers (the modules' NamedTuples) are
 # shown by their module's example instead.
 WITHOUT_EXAMPLE = {
-    "data.ClassArrays",
-    "data.FewShotSplits",
-    "data.SyntheticMetaDataloader",
-    "data.arrange_by_class",
-    "data.create_synthetic_metadataset",
-    "data.default_cache_dir",
-    "data.load_digits",
-    "data.load_idx",
-    "data.load_image_folder",
-    "data.load_labelled_npz",
-    "data.load_mnist",
-    "data.sample_class_batch",
-    "data.sample_fewshot_task",
     "dynamics.Architecture",
     "dynamics.ClassificationData",
     "dynamics.LRController",
