@@ -132,23 +132,6 @@ WITHOUT_EXAMPLE = {
     "models.BatchNorm",
     "models.Conv4",
     "models.ConvBlock",
-    "tilt.LangevinState",
-    "tilt.Levels",
-    "tilt.SamplerConfig",
-    "tilt.SamplerResult",
-    "tilt.TiltParams",
-    "tilt.annealed_pc",
-    "tilt.check_normalisable",
-    "tilt.check_sampler",
-    "tilt.check_schedule",
-    "tilt.langevin_init",
-    "tilt.langevin_step",
-    "tilt.make_levels",
-    "tilt.resample",
-    "tilt.run_chains",
-    "tilt.run_sampler",
-    "tilt.validate_levels",
-    "tilt.validate_params",
 }
 
 
