@@ -129,9 +129,6 @@ WITHOUT_EXAMPLE = {
     "dynamics.write_dataset",
     "experiment.Run",
     "experiment.open_run",
-    "models.BatchNorm",
-    "models.Conv4",
-    "models.ConvBlock",
 }
 
 
