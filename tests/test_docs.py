@@ -127,8 +127,6 @@ WITHOUT_EXAMPLE = {
     "dynamics.train_runs",
     "dynamics.train_with_controller",
     "dynamics.write_dataset",
-    "experiment.Run",
-    "experiment.open_run",
 }
 
 
