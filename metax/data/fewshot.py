@@ -209,9 +209,11 @@ class FewShotSplits:
       >>> splits = metax.data.FewShotSplits(x, y, classes={"train": [0, 1, 2], "test": [3, 4]})
       >>> splits.labels["train"], splits.num_classes("valid"), splits.example_shape
       ((0, 1, 2), 0, (4, 4, 1))
-      >>> task = splits.sampler("train", ways=2, shots=1, queries=2)(rng)
-      >>> task.train.x.shape, task.test.x.shape
-      ((2, 4, 4, 1), (4, 4, 4, 1))
+      >>> try:
+      ...     splits.sampler("train", ways=4, shots=1, queries=2)
+      ... except ValueError as error:
+      ...     print(error)
+      ways=4 but the meta-train split has only 3 classes (labels [0, 1, 2]); use fewer ways, rotations=True or give the split more classes (fractions= or classes=).
     """
 
     def __init__(
