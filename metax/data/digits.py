@@ -15,6 +15,11 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     Returns:
       `(x, y)`: float32 images in [0, 1] of shape `(1797, 8, 8, 1)` (the 0..16 grey levels
       divided by 16) and int32 labels `(1797,)` in 0..9.
+
+    Example:
+      >>> x, y = metax.data.load_digits()
+      >>> x.shape, x.dtype, float(x.max()), y.shape, sorted(set(y.tolist()))
+      ((1797, 8, 8, 1), dtype('float32'), 1.0, (1797,), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     """
     from sklearn.datasets import load_digits as sklearn_digits  # imported on use: sklearn is slow to import
 

@@ -42,7 +42,13 @@ TURNS = 4  # quarter turns per class with rotations
 
 
 class ClassArrays(NamedTuple):
-    """One split's examples arranged per class, padded to its largest class."""
+    """One split's examples arranged per class, padded to its largest class.
+
+    Example:
+      >>> classes = metax.data.arrange_by_class(np.zeros((3, 2)), np.array([0, 1, 0]), [0, 1])
+      >>> isinstance(classes, metax.data.ClassArrays), classes.x.shape, classes.counts
+      (True, (2, 2, 2), array([2, 1], dtype=int32))
+    """
 
     x: jax.Array  # (classes, max_examples, *example_shape); rows at and past counts[c] are zeros
     counts: jax.Array  # (classes,) int32: the number of real examples of each class
@@ -59,6 +65,17 @@ def arrange_by_class(x: np.ndarray, y: np.ndarray, labels: Sequence[int]) -> Cla
 
     Returns:
       `ClassArrays` with `x` of shape `(len(labels), max count, *example_shape)`.
+
+    Example:
+      >>> x = np.arange(12, dtype=np.float32).reshape(6, 2)
+      >>> y = np.array([0, 1, 0, 2, 1, 0])
+      >>> classes = metax.data.arrange_by_class(x, y, [0, 1])
+      >>> classes.x.shape, classes.counts, classes.labels
+      ((2, 3, 2), array([3, 2], dtype=int32), array([0, 1], dtype=int32))
+      >>> classes.x[1]  # class 1: two examples, then a padding row
+      array([[2., 3.],
+             [8., 9.],
+             [0., 0.]], dtype=float32)
     """
     labels = np.asarray(labels, np.int64)
     members = [np.flatnonzero(y == label) for label in labels]
@@ -101,6 +118,13 @@ def sample_fewshot_task(
       y (N*Q,) int32))`, class-major (`y = [0]*K + [1]*K + ...`). Each `info["class_id"]`
       holds the example's class in the source: its label, or `4 * label + turns` with
       rotations.
+
+    Example:
+      >>> x = np.arange(12, dtype=np.float32).reshape(6, 2)
+      >>> classes = metax.data.arrange_by_class(x, np.array([0, 1, 0, 2, 1, 0]), [0, 1])
+      >>> task = metax.data.sample_fewshot_task(rng, classes=classes, ways=2, shots=1, queries=1)
+      >>> task.train.x.shape, task.train.y, task.test.y
+      ((2, 2), Array([0, 1], dtype=int32), Array([0, 1], dtype=int32))
     """
     num_classes, max_examples = classes.x.shape[0], classes.x.shape[1]
     rng_classes, rng_examples = jax.random.split(rng)
@@ -136,6 +160,13 @@ def sample_class_batch(rng: jax.Array, *, classes: ClassArrays, batch_size: int,
 
     Returns:
       `Dataset(x (batch_size, ...), y (batch_size,) int32)`.
+
+    Example:
+      >>> x = np.arange(12, dtype=np.float32).reshape(6, 2)
+      >>> classes = metax.data.arrange_by_class(x, np.array([0, 1, 0, 2, 1, 0]), [0, 1])
+      >>> batch = metax.data.sample_class_batch(rng, classes=classes, batch_size=4)
+      >>> batch.x.shape, batch.y.dtype, bool(((batch.y == 0) | (batch.y == 1)).all())
+      ((4, 2), dtype('int32'), True)
     """
     num_classes = classes.x.shape[0] * (TURNS if rotations else 1)
     rng_class, rng_example = jax.random.split(rng)
@@ -172,6 +203,17 @@ class FewShotSplits:
       ValueError: naming the argument and value at fault: `x` and `y` disagree in length,
         labels that are not integers, fractions that do not sum to 1, unknown or
         overlapping explicit classes, rotations of non-square images.
+
+    Example:
+      >>> x, y = np.zeros((20, 4, 4, 1), np.float32), np.arange(20) % 5
+      >>> splits = metax.data.FewShotSplits(x, y, classes={"train": [0, 1, 2], "test": [3, 4]})
+      >>> splits.labels["train"], splits.num_classes("valid"), splits.example_shape
+      ((0, 1, 2), 0, (4, 4, 1))
+      >>> try:
+      ...     splits.sampler("train", ways=4, shots=1, queries=2)
+      ... except ValueError as error:
+      ...     print(error)
+      ways=4 but the meta-train split has only 3 classes (labels [0, 1, 2]); use fewer ways, rotations=True or give the split more classes (fractions= or classes=).
     """
 
     def __init__(

@@ -28,6 +28,14 @@ def default_cache_dir() -> str:
     """The folder metax caches decoded data sets in.
 
     `$METAX_CACHE_DIR` if set, else `$XDG_CACHE_HOME/metax`, else `~/.cache/metax`.
+
+    Example:
+      >>> import os
+      >>> saved = os.environ.get("METAX_CACHE_DIR")
+      >>> os.environ["METAX_CACHE_DIR"] = "/tmp/my-metax-cache"
+      >>> metax.data.default_cache_dir()
+      '/tmp/my-metax-cache'
+      >>> _ = os.environ.pop("METAX_CACHE_DIR") if saved is None else os.environ.update(METAX_CACHE_DIR=saved)
     """
     if os.environ.get("METAX_CACHE_DIR"):
         return os.environ["METAX_CACHE_DIR"]
@@ -130,6 +138,18 @@ def load_image_folder(
       FileNotFoundError: if `root` is not a folder.
       ValueError: naming the folder or file at fault: no images at all, an empty class
         folder, an unreadable image, or images of different sizes without `size`.
+
+    Example:
+      >>> import os, tempfile
+      >>> from PIL import Image
+      >>> root = tempfile.mkdtemp()
+      >>> for cls in ("a", "b"):
+      ...     os.makedirs(os.path.join(root, "alphabet", cls))
+      ...     for i in range(2):
+      ...         Image.new("L", (6, 6), 255).save(os.path.join(root, "alphabet", cls, f"{i}.png"))
+      >>> x, y, names = metax.data.load_image_folder(root, size=4, invert=True, cache=False)
+      >>> x.shape, y, names, float(x.max())
+      ((4, 4, 4, 1), array([0, 0, 1, 1], dtype=int32), ['alphabet/a', 'alphabet/b'], 0.0)
     """
     root = os.path.abspath(os.fspath(root))
     if isinstance(size, int):

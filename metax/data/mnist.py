@@ -83,6 +83,14 @@ def load_idx(path: str) -> np.ndarray:
       ValueError: naming the file and the numbers at fault, if the magic number, type code
         or dimensions are invalid, the gzip stream is corrupt, or the data is shorter or
         longer than the header declares.
+
+    Example:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "tiny-idx1-ubyte")
+      >>> with open(path, "wb") as f:  # magic 00 00 08 01 (uint8, 1 dim), size 3, data
+      ...     _ = f.write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 2, 1]))
+      >>> metax.data.load_idx(path)
+      array([7, 2, 1], dtype=uint8)
     """
     path = os.fspath(path)
     raw = _read_bytes(path)
@@ -158,6 +166,19 @@ def load_mnist(folder: str, split: str = "train") -> tuple[np.ndarray, np.ndarra
     Raises:
       FileNotFoundError: naming the file that is missing.
       ValueError: for a bad split, a malformed file, or images and labels that disagree.
+
+    Example:
+      >>> import os, tempfile
+      >>> folder = tempfile.mkdtemp()
+      >>> def write_idx(name, array):
+      ...     header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">i4").tobytes()
+      ...     with open(os.path.join(folder, name), "wb") as f:
+      ...         _ = f.write(header + array.astype(np.uint8).tobytes())
+      >>> write_idx("train-images-idx3-ubyte", np.full((2, 3, 3), 255))
+      >>> write_idx("train-labels-idx1-ubyte", np.array([4, 9]))
+      >>> images, labels = metax.data.load_mnist(folder, "train")
+      >>> images.shape, images.dtype, float(images.max()), labels
+      ((2, 3, 3), dtype('float32'), 1.0, array([4, 9], dtype=int32))
     """
     if split == "all":
         parts = [load_mnist(folder, name) for name in MNIST_FILES]
@@ -205,6 +226,14 @@ def load_labelled_npz(
       FileNotFoundError: if there is no such file.
       KeyError: naming the keys the file has, if the expected ones are missing.
       ValueError: if the labels are not one non-negative integer per example.
+
+    Example:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
+      >>> np.savez(path, images=np.full((3, 2, 2), 255, np.uint8), labels=np.array([0, 1, 1]))
+      >>> x, y = metax.data.load_labelled_npz(path)
+      >>> x.shape, x.dtype, float(x.max()), y
+      ((3, 2, 2), dtype('float32'), 1.0, array([0, 1, 1], dtype=int32))
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

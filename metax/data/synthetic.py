@@ -23,6 +23,14 @@ class SyntheticMetaDataloader(MetaBatchStream):
     """A finite loader: `num_tasks` tasks served in meta-batches of `meta_batch_size`.
 
     Iterating twice yields the same tasks (the key is fixed), as metax's loaders do.
+
+    Example:
+      >>> loader = metax.data.SyntheticMetaDataloader(
+      ...     "sinusoid", num_tasks=4, shots_train=5, shots_test=3, meta_batch_size=2,
+      ...     train_test_split=True, rng=rng)
+      >>> batches = list(loader)
+      >>> len(loader), len(batches), batches[0].train.x.shape, batches[0].test.x.shape
+      (2, 2, (2, 5, 1), (2, 3, 1))
     """
 
     def __init__(
@@ -79,6 +87,15 @@ def create_synthetic_metadataset(
     Raises:
       ValueError: for an unknown family (listing the known ones), bad shot counts, task
         counts that are not multiples of the batch size, or an out-of-distribution request.
+
+    Example:
+      >>> train, test, valid, ood, aux = metax.data.create_synthetic_metadataset(
+      ...     "sinusoid", meta_batch_size=2, shots_train=5, shots_test=3, train_test_split=True,
+      ...     num_tasks_train=4, num_tasks_test=2, num_tasks_valid=2)
+      >>> len(train), len(test), len(valid), ood, aux
+      (2, 1, 1, None, None)
+      >>> train.sample_input.shape, train.output_dim
+      ((5, 1), 1)
     """
     if num_tasks_ood is not None or ood_sets_hot is not None:
         raise ValueError(

@@ -13,7 +13,14 @@ from metax.experiment.schema import ExperimentConfig, apply_overrides, parse_con
 
 
 class Run(NamedTuple):
-    """A run folder, reopened."""
+    """A run folder, reopened.
+
+    `open_run` returns one; its fields, in order:
+
+    Example:
+      >>> metax.experiment.Run._fields
+      ('config', 'experiment', 'meta_state', 'record', 'keys')
+    """
 
     config: ExperimentConfig
     experiment: Experiment
@@ -51,6 +58,22 @@ def open_run(run_dir: str, eval_overrides: Sequence[str] = ()) -> Run:
 
     Raises:
       ConfigError: if the folder holds no run or no intact checkpoint yet.
+
+    Example:
+      >>> import os, tempfile
+      >>> folder = tempfile.mkdtemp()
+      >>> try:
+      ...     metax.experiment.open_run(folder)
+      ... except metax.experiment.ConfigError as error:
+      ...     print(str(error).replace(folder, "<folder>"))
+      <folder> holds no metax run (no config.yaml); give a folder written by `metax run`.
+      >>> with open(os.path.join(folder, "config.yaml"), "w") as f:
+      ...     _ = f.write("seed: 0")
+      >>> try:  # only eval.* keys may change when reopening a run
+      ...     metax.experiment.open_run(folder, ["train.steps=5"])
+      ... except metax.experiment.ConfigError as error:
+      ...     print(error)
+      --set train.steps=5: only eval.* keys can change when scoring a finished run (e.g. eval.task.ways=20, eval.tasks=600).
     """
     config_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(config_path):

@@ -20,6 +20,16 @@ class ConvBlock(hk.Module):
     `batch_norm_policy` / `batch_norm_steps` choose what batch norm uses in the inner loop
     and the query pass (see `Conv4` and `metax.models.norm`); `conv_impl` how the
     convolution is computed (see `Conv4`).
+
+    Example:
+      >>> block = hk.transform_with_state(lambda x: metax.models.ConvBlock(4)(x, is_training=True))
+      >>> x = jnp.zeros((2, 8, 8, 1))
+      >>> params, state = jax.eval_shape(block.init, rng, x)
+      >>> jax.tree_util.tree_map(lambda p: p.shape, params)
+      {'conv_block/conv': {'b': (4,), 'w': (3, 3, 1, 4)}, 'conv_block/norm': {'offset': (1, 1, 1, 4), 'scale': (1, 1, 1, 4)}}
+      >>> out, _ = jax.eval_shape(block.apply, params, state, None, x)
+      >>> out.shape  # 8x8 halved by the max-pool
+      (2, 4, 4, 4)
     """
 
     def __init__(
@@ -80,6 +90,16 @@ class Conv4(hk.Module, metaclass=TransformOutsideHaiku):
         "auto" (matrix products over shifted views on CPU, where XLA's convolution
         gradients are slow; XLA's convolution elsewhere), "xla" or "shifted".
         Parameters and values are the same (up to float rounding) whichever is used.
+
+    Example:
+      >>> net = metax.models.Conv4(channels=8, readout=5)  # outside hk.transform: init/apply
+      >>> x = jnp.zeros((2, 28, 28, 1))
+      >>> params, state = jax.eval_shape(lambda key: net.init(key, x, True), rng)
+      >>> sorted(params)[:3]
+      ['conv4/readout', 'conv4/~/block_0/conv', 'conv4/~/block_0/norm']
+      >>> logits, _ = jax.eval_shape(lambda p, s: net.apply(p, s, None, x, False), params, state)
+      >>> logits.shape
+      (2, 5)
     """
 
     def __init__(

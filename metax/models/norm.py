@@ -88,6 +88,17 @@ class BatchNorm(hk.Module):
       `(steps + 1,)`), `step` (training passes in the current task, int32) and `ended`
       (int32, 1 after a query pass: the next training pass starts a task);
       "transductive": none.
+
+    Example:
+      >>> norm = hk.transform_with_state(lambda x, train: metax.models.BatchNorm(True, True, policy="support")(x, train))
+      >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])
+      >>> params, state = norm.init(None, x, True)
+      >>> out, state = norm.apply(params, state, None, x, True)
+      >>> out.round(3)
+      Array([[-1., -1.],
+             [ 1.,  1.]], dtype=float32)
+      >>> state["batch_norm"]["mean"], state["batch_norm"]["var"]
+      (Array([[ 2., 20.]], dtype=float32), Array([[  1., 100.]], dtype=float32))
     """
 
     def __init__(

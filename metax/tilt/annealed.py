@@ -40,7 +40,17 @@ PC_SAMPLERS = ("pc_ula", "pc_mala", "pc_joint_mala")
 
 
 def validate_levels(tilt: GaussianTilt, levels: Levels) -> None:
-    """Raises `ValueError` if some level's target p_k is not normalisable."""
+    """Raises `ValueError` if some level's target p_k is not normalisable.
+
+    Example:
+      >>> tilt = metax.tilt.GaussianTilt(metax.tilt.TiltParams(qA=-0.2))
+      >>> metax.tilt.validate_levels(tilt, metax.tilt.make_levels("linear", 2.0, K=4, sigma_a=1.0))
+      >>> try:
+      ...     metax.tilt.validate_levels(tilt, metax.tilt.make_levels("linear", 10.0, K=2, sigma_a=1.0))
+      ... except ValueError as error:
+      ...     print(error)
+      tilted target is not normalisable: precision 1/(sigma_a^2 + 1^2) + beta*qA = 0.5 + 5*(-0.2) = -0.5 <= 0; with qA=-0.2 keep beta < 2.5
+    """
     sigma_a = float(tilt.params.sigma_a)
     for sigma, beta in zip(levels.sigma, levels.beta):
         label = f"1/(sigma_a^2 + {float(sigma):g}^2)"
@@ -83,6 +93,13 @@ def annealed_pc(
       A `SamplerResult` with (n_chains, K) traces (column k-1 after level k),
       acceptance over all corrector steps and K (action_steps_per_level + 2)
       evaluations per action (predictor, corrector start, corrector steps).
+
+    Example:
+      >>> tilt = metax.tilt.GaussianTilt(metax.tilt.TiltParams())
+      >>> shapes = jax.eval_shape(lambda key: metax.tilt.annealed_pc(
+      ...     key, tilt, "pc_mala", lambda_scale=1.0, K=2, action_steps_per_level=1, n_chains=4), rng)
+      >>> shapes.actions.shape, shapes.action_trace.shape
+      ((4,), (4, 2))
     """
     if sampler not in PC_SAMPLERS:
         raise ValueError(f"unknown annealed sampler {sampler!r}; valid: {', '.join(PC_SAMPLERS)}")

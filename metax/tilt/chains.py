@@ -34,6 +34,12 @@ class SamplerResult(NamedTuple):
       evals_per_action: () evaluations of the target (one log density and/or score
         of q(a|s) exp(beta Q), or one closed-form conditional for Gibbs) spent per
         returned action. Exact s' refreshes are not counted.
+
+    Example:
+      >>> tilt = metax.tilt.GaussianTilt(metax.tilt.TiltParams())
+      >>> result = metax.tilt.run_sampler("importance", rng, tilt, metax.tilt.SamplerConfig(n_chains=5))
+      >>> isinstance(result, metax.tilt.SamplerResult), result.action_trace.shape, float(result.evals_per_action)
+      (True, (5, 1), 1.0)
     """
 
     actions: Array
@@ -51,6 +57,14 @@ def run_chains(step: StepFn, key: Array, init: Any, n_steps: int) -> tuple[Any, 
     Returns:
       The final carries (leading chain axis) and the per-step outputs
       `(actions, states, accepted)`, each of shape (n_chains, n_steps).
+
+    Example:
+      >>> def step(key, a):  # an AR(1) chain; s' = 2 a, every move accepted
+      ...     a = 0.5 * a + jax.random.normal(key)
+      ...     return a, (a, 2 * a, jnp.array(True))
+      >>> final, (actions, states, accepted) = metax.tilt.run_chains(step, rng, jnp.zeros(3), n_steps=5)
+      >>> final.shape, actions.shape, bool((states == 2 * actions).all()), bool(accepted.all())
+      ((3,), (3, 5), True, True)
     """
 
     def one_chain(chain_key: Array, carry: Any):

@@ -52,6 +52,13 @@ class TiltParams(NamedTuple):
       d: state gain of the dynamics.
       mu_eps: dynamics offset.
       s: the current state the policy is conditioned on.
+
+    Example:
+      >>> params = metax.tilt.TiltParams(sigma_a=0.5, qA=2.0)
+      >>> params.mu_a, params.sigma_a, params.qA, params.mu_Q
+      (0.0, 0.5, 2.0, 2.0)
+      >>> float(metax.tilt.GaussianTilt(params).action_var(1.0))  # 1 / (1/0.5^2 + 1 * 2)
+      0.1666...
     """
 
     mu_a: float = 0.0
@@ -71,6 +78,14 @@ def validate_params(params: TiltParams, betas: Sequence[float] | ArrayLike = ())
     Checks that every parameter is finite, that both standard deviations are positive
     and that the tilted precision 1/sigma_a^2 + beta qA is positive for every beta in
     `betas` (otherwise pi_beta is not normalisable).
+
+    Example:
+      >>> metax.tilt.validate_params(metax.tilt.TiltParams(), betas=[0.0, 5.0])  # fine: no output
+      >>> try:
+      ...     metax.tilt.validate_params(metax.tilt.TiltParams(qA=-0.5), betas=[1.0, 3.0])
+      ... except ValueError as error:
+      ...     print(error)
+      tilted target is not normalisable: precision 1/sigma_a^2 + beta*qA = 1 + 3*(-0.5) = -0.5 <= 0; with qA=-0.5 keep beta < 2
     """
     for name, value in params._asdict().items():
         if not math.isfinite(float(value)):
@@ -88,6 +103,14 @@ def check_normalisable(
     """Raises `ValueError` if base_precision + beta qA <= 0 for some beta in `betas`.
 
     `base_label` names the base precision in the message (e.g. a noisy level's).
+
+    Example:
+      >>> metax.tilt.check_normalisable(1.0, -0.5, [0.0, 1.0])  # 1 - 0.5 > 0: fine
+      >>> try:
+      ...     metax.tilt.check_normalisable(1.0, -0.5, [1.0, 4.0])
+      ... except ValueError as error:
+      ...     print(error)
+      tilted target is not normalisable: precision 1/sigma_a^2 + beta*qA = 1 + 4*(-0.5) = -1 <= 0; with qA=-0.5 keep beta < 2
     """
     for beta in np.ravel(np.asarray(betas, dtype=np.float64)):
         if not math.isfinite(beta):

@@ -44,6 +44,11 @@ class LangevinState(NamedTuple):
       x: () action or (2,) (action, next state).
       logp: () unnormalised log target at x.
       score: like x, gradient of the log target at x.
+
+    Example:
+      >>> state = metax.tilt.LangevinState(x=jnp.zeros(2), logp=jnp.array(0.0), score=jnp.zeros(2))
+      >>> state.x.shape, state.logp.shape
+      ((2,), ())
     """
 
     x: Array
@@ -52,7 +57,14 @@ class LangevinState(NamedTuple):
 
 
 def langevin_init(logp_and_score: LogpAndScore, x: Array) -> LangevinState:
-    """Evaluates the target once at `x` (one evaluation)."""
+    """Evaluates the target once at `x` (one evaluation).
+
+    Example:
+      >>> standard_normal = lambda x: (-0.5 * x**2, -x)  # log density and score
+      >>> state = metax.tilt.langevin_init(standard_normal, jnp.array(1.0))
+      >>> float(state.x), float(state.logp), float(state.score)
+      (1.0, -0.5, -1.0)
+    """
     return LangevinState(x, *logp_and_score(x))
 
 
@@ -68,6 +80,13 @@ def langevin_step(
 
     `adjusted` may be a traced boolean, so one compiled loop can switch between
     the two per annealing level. Returns the new state and whether it moved.
+
+    Example:
+      >>> standard_normal = lambda x: (-0.5 * x**2, -x)
+      >>> state = metax.tilt.langevin_init(standard_normal, jnp.array(1.0))
+      >>> new, moved = metax.tilt.langevin_step(rng, state, standard_normal, 0.1, 1.0, adjusted=False)
+      >>> bool(moved), bool(new.logp == -0.5 * new.x**2)  # ULA always moves
+      (True, True)
     """
     key_z, key_u = jax.random.split(key)
     hm = step_size * jnp.asarray(precond)

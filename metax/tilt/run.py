@@ -31,6 +31,11 @@ class SamplerConfig(NamedTuple):
       refresh_L: exact s' refreshes per level.
       action_steps_per_level: corrector steps per level.
       sigma_max: starting noise of the annealed samplers (None: 2 sigma_a).
+
+    Example:
+      >>> config = metax.tilt.SamplerConfig(beta=2.0, n_chains=16)
+      >>> config.beta, config.n_chains, config.n_steps, config._replace(K=3).K
+      (2.0, 16, 100, 3)
     """
 
     beta: float = 1.0
@@ -45,7 +50,16 @@ class SamplerConfig(NamedTuple):
 
 
 def check_sampler(name: str) -> None:
-    """Raises `ValueError` naming the valid samplers if `name` is not one."""
+    """Raises `ValueError` naming the valid samplers if `name` is not one.
+
+    Example:
+      >>> metax.tilt.check_sampler("mala")  # a valid name: no output
+      >>> try:
+      ...     metax.tilt.check_sampler("hmc")
+      ... except ValueError as error:
+      ...     print(error)
+      unknown sampler 'hmc'; valid samplers: importance, imh, ula, mala, joint_mala, gibbs, pc_ula, pc_mala, pc_joint_mala
+    """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
 
@@ -91,6 +105,12 @@ def run_sampler(name: str, key: Array, tilt: GaussianTilt, config: SamplerConfig
       ValueError: for an unknown sampler, a negative or zero standard deviation, a `qA`
         that makes the tilted precision non-positive, or a bad budget in `config`; the
         message names the argument (`tilt.params.sigma_sprime`, `config.step_size`, ...).
+
+    Example:
+      >>> tilt = metax.tilt.GaussianTilt(metax.tilt.TiltParams())
+      >>> result = metax.tilt.run_sampler("importance", rng, tilt, metax.tilt.SamplerConfig(n_chains=6))
+      >>> result.actions.shape, result.states.shape, round(float(result.weights.sum()), 4)
+      ((6,), (6,), 1.0)
     """
     check_sampler(name)
     check_config(name, tilt, config)

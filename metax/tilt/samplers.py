@@ -61,6 +61,13 @@ def resample(key: Array, result: SamplerResult) -> tuple[Array, Array]:
     """Multinomial resampling of weighted (a, s') pairs into an unweighted sample.
 
     Pairs are kept together, so the resampled s' still follow q(s'|a,s).
+
+    Example:
+      >>> tilt = metax.tilt.GaussianTilt(metax.tilt.TiltParams())
+      >>> weighted = metax.tilt.run_sampler("importance", rng, tilt, metax.tilt.SamplerConfig(n_chains=6))
+      >>> actions, states = metax.tilt.resample(jax.random.PRNGKey(1), weighted)
+      >>> actions.shape, bool(jnp.isin(actions, weighted.actions).all())
+      ((6,), True)
     """
     n = result.actions.shape[0]
     idx = jax.random.choice(key, n, (n,), p=result.weights)

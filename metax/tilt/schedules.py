@@ -50,6 +50,11 @@ class Levels(NamedTuple):
       beta: (K + 1,) tilt strength, beta[K] = lambda_scale.
       final_mala: whether the clean level's corrector is Metropolis-adjusted
         regardless of the sampler (`tfg_plus_final_mala`).
+
+    Example:
+      >>> levels = metax.tilt.make_levels("late_constant", 2.0, K=4, sigma_a=1.0)
+      >>> isinstance(levels, metax.tilt.Levels), levels.beta, levels.final_mala
+      (True, array([0., 0., 2., 2., 2.]), False)
     """
 
     t: np.ndarray
@@ -59,7 +64,16 @@ class Levels(NamedTuple):
 
 
 def check_schedule(name: str) -> None:
-    """Raises `ValueError` naming the valid schedules if `name` is not one."""
+    """Raises `ValueError` naming the valid schedules if `name` is not one.
+
+    Example:
+      >>> metax.tilt.check_schedule("linear")  # a valid name: no output
+      >>> try:
+      ...     metax.tilt.check_schedule("cosine")
+      ... except ValueError as error:
+      ...     print(error)
+      unknown beta schedule 'cosine'; valid schedules: linear, late_constant, late_ramp, tfg_plus_final_mala, sigma_power
+    """
     if name not in SCHEDULES:
         raise ValueError(f"unknown beta schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
 
@@ -84,7 +98,13 @@ def beta_schedule(name: str, lambda_scale: float, t: np.ndarray, sigma: np.ndarr
 def make_levels(
     name: str, lambda_scale: float, K: int, sigma_a: float, sigma_max: float | None = None
 ) -> Levels:
-    """Builds the K-level path of schedule `name` (host-side, plain numpy)."""
+    """Builds the K-level path of schedule `name` (host-side, plain numpy).
+
+    Example:
+      >>> levels = metax.tilt.make_levels("linear", 2.0, K=4, sigma_a=1.0)
+      >>> levels.t, levels.sigma, levels.beta
+      (array([0.  , 0.25, 0.5 , 0.75, 1.  ]), array([2. , 1.5, 1. , 0.5, 0. ]), array([0. , 0.5, 1. , 1.5, 2. ]))
+    """
     check_schedule(name)
     if int(K) < 1:
         raise ValueError(f"K must be at least 1, got {K}")
