@@ -126,9 +126,10 @@ class Predictor(NamedTuple):
       >>> config = PredictorConfig(k=10, target_accuracy=0.9, epochs=5, hidden=(8,))
       >>> num_features = len(FEATURE_NAMES)
       >>> net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP((*config.hidden, 3))(x)))  # its network
-      >>> predictor = Predictor(net.init(jax.random.PRNGKey(0), jnp.zeros((1, num_features))),
+      >>> shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
+      >>> predictor = Predictor(jax.tree_util.tree_map(jnp.zeros_like, shapes),  # all-zero weights; fit_predictor trains them
       ...                       x_mean=jnp.zeros(num_features), x_std=jnp.ones(num_features),
-      ...                       y_mean=jnp.zeros(3), y_std=jnp.ones(3))  # untrained; fit_predictor trains one
+      ...                       y_mean=jnp.full(3, 2.0), y_std=jnp.ones(3))
       >>> [leaf.shape for leaf in jax.tree_util.tree_leaves(predictor)]
       [(8,), (22, 8), (3,), (8, 3), (22,), (22,), (3,), (3,)]
     """
@@ -154,14 +155,12 @@ def predict(config: PredictorConfig, predictor: Predictor, feats: jax.Array) -> 
       >>> config = PredictorConfig(k=10, target_accuracy=0.9, epochs=5, hidden=(8,))
       >>> num_features = len(FEATURE_NAMES)
       >>> net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP((*config.hidden, 3))(x)))  # its network
-      >>> predictor = Predictor(net.init(jax.random.PRNGKey(0), jnp.zeros((1, num_features))),
+      >>> shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
+      >>> predictor = Predictor(jax.tree_util.tree_map(jnp.zeros_like, shapes),  # all-zero weights; fit_predictor trains them
       ...                       x_mean=jnp.zeros(num_features), x_std=jnp.ones(num_features),
-      ...                       y_mean=jnp.zeros(3), y_std=jnp.ones(3))  # untrained; fit_predictor trains one
-      >>> predict(config, predictor, jnp.zeros((4, num_features))).shape  # 4 steps' features
-      (4, 3)
-      >>> constant = predictor._replace(y_mean=jnp.full(3, 2.0), y_std=jnp.zeros(3))  # outputs = y_mean + y_std * net
-      >>> predict(config, constant, jnp.zeros((1, num_features))).tolist()
-      [[2.0, 2.0, 2.0]]
+      ...                       y_mean=jnp.full(3, 2.0), y_std=jnp.ones(3))
+      >>> predict(config, predictor, jnp.zeros((2, num_features))).tolist()  # 2 steps' features; zero net: y_mean
+      [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
     """
     x = (feats - predictor.x_mean) / predictor.x_std
     return _network(config).apply(predictor.params, x) * predictor.y_std + predictor.y_mean
@@ -328,8 +327,9 @@ def evaluate_predictor(config: PredictorConfig, predictor: Predictor, table: pa.
       >>> config = PredictorConfig(k=2, target_accuracy=0.9, epochs=2, hidden=(4,))  # as fit_predictor(train, ...) returns
       >>> net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP((*config.hidden, 3))(x)))
       >>> num_features = len(FEATURE_NAMES)
-      >>> predictor = Predictor(net.init(jax.random.PRNGKey(0), jnp.zeros((1, num_features))),
-      ...                       jnp.zeros(num_features), jnp.ones(num_features), jnp.zeros(3), jnp.ones(3))  # untrained
+      >>> shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
+      >>> predictor = Predictor(jax.tree_util.tree_map(jnp.zeros_like, shapes),  # all-zero weights: untrained
+      ...                       jnp.zeros(num_features), jnp.ones(num_features), jnp.zeros(3), jnp.ones(3))
       >>> report = evaluate_predictor(config, predictor, val)
       >>> report["k"], report["runs"], sorted(report["loss_ahead"])
       (2, 1, ['last_ema', 'last_value', 'linear_extrapolation', 'predictor'])
