@@ -35,7 +35,18 @@ ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """One classifier shape. `depth` counts hidden (MLP) or convolutional (conv) layers."""
+    """One classifier shape. `depth` counts hidden (MLP) or convolutional (conv) layers.
+
+    Example:
+      >>> from metax.dynamics import Architecture
+      >>> arch = Architecture("mlp", depth=2, width=32, activation="relu")
+      >>> arch.name
+      'mlp-d2-w32-relu'
+      >>> Architecture.from_name("mlp-d2-w32-relu") == arch
+      True
+      >>> arch.encoding()
+      {'depth': 2, 'width': 32, 'activation': 0, 'kind': 0}
+    """
 
     kind: str
     depth: int
@@ -75,7 +86,20 @@ class Architecture:
 
 
 class SmallConvNet(hk.Module):
-    """`depth` x (3x3 conv -> activation -> 2x2 max-pool while height >= 4), then a linear readout."""
+    """`depth` x (3x3 conv -> activation -> 2x2 max-pool while height >= 4), then a linear readout.
+
+    Example:
+      >>> from metax.dynamics import SmallConvNet
+      >>> net = hk.without_apply_rng(hk.transform(lambda x: SmallConvNet(2, 4, jax.nn.relu, num_classes=10)(x)))
+      >>> images = jnp.zeros((3, 8, 8, 1))
+      >>> params = jax.eval_shape(net.init, jax.random.PRNGKey(0), images)  # shapes only, nothing runs
+      >>> sorted(params)
+      ['small_conv_net/conv_0', 'small_conv_net/conv_1', 'small_conv_net/readout']
+      >>> params["small_conv_net/readout"]["w"].shape  # 8x8 pooled twice: 2x2 pixels x 4 channels
+      (16, 10)
+      >>> jax.eval_shape(net.apply, params, images).shape
+      (3, 10)
+    """
 
     def __init__(self, depth: int, width: int, activation: Callable, num_classes: int, name=None) -> None:
         super().__init__(name=name)
@@ -91,7 +115,18 @@ class SmallConvNet(hk.Module):
 
 
 def build_network(arch: Architecture, num_classes: int) -> hk.Transformed:
-    """`hk.transform` of the classifier; `apply(params, None, images)` with images `(batch, H, W, C)`."""
+    """`hk.transform` of the classifier; `apply(params, None, images)` with images `(batch, H, W, C)`.
+
+    Example:
+      >>> from metax.dynamics import Architecture, build_network
+      >>> net = build_network(Architecture("mlp", 1, 8, "tanh"), num_classes=10)
+      >>> images = jnp.zeros((5, 8, 8, 1))
+      >>> params = jax.eval_shape(net.init, jax.random.PRNGKey(0), images)
+      >>> [layer["w"].shape for layer in params.values()]  # the 8x8 image flattened, 8 hidden units, 10 classes
+      [(64, 8), (8, 10)]
+      >>> jax.eval_shape(net.apply, params, images).shape
+      (5, 10)
+    """
     activation = ACTIVATIONS[arch.activation]
 
     def forward(images: jax.Array) -> jax.Array:
@@ -105,7 +140,14 @@ def build_network(arch: Architecture, num_classes: int) -> hk.Transformed:
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
     """The optimiser `name` with its learning rate held in `state.hyperparams["learning_rate"]`,
-    so a controller (or `vmap` over rates) can set it without rebuilding the optimiser."""
+    so a controller (or `vmap` over rates) can set it without rebuilding the optimiser.
+
+    Example:
+      >>> from metax.dynamics import make_optimizer
+      >>> state = make_optimizer("momentum", 0.05).init({"w": jnp.zeros(3)})
+      >>> float(state.hyperparams["learning_rate"])
+      0.05
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZER_NAMES}, got {name!r}.")
     return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=learning_rate)

@@ -37,6 +37,17 @@ class LRController:
       multipliers: candidate factors on the current rate at each decision.
       interval: steps between decisions.
       warmup: no decision before this many steps (the moving averages settle first).
+
+    Example:
+      >>> from metax.dynamics import LRController, PredictorConfig
+      >>> config = PredictorConfig(k=10, target_accuracy=0.9, epochs=5)
+      >>> controller = LRController(config, lr_min=0.001, lr_max=0.1, multipliers=(0.5, 1.0, 2.0))
+      >>> controller.candidates(jnp.asarray(0.08)).tolist()  # 0.16 is clipped to lr_max
+      [0.04, 0.08, 0.1]
+      >>> LRController(config, lr_min=0.1, lr_max=0.01)
+      Traceback (most recent call last):
+        ...
+      ValueError: LRController needs 0 < lr_min <= lr_max, got lr_min=0.1, lr_max=0.01.
     """
 
     config: PredictorConfig
@@ -86,7 +97,24 @@ def train_with_controller(
     target_accuracy: Optional[Any] = None,
 ) -> TrainResult:
     """Trains one run per seed from `learning_rate`, the controller setting the rate as it
-    goes, stopping a group when every run's validation accuracy reached `target_accuracy`."""
+    goes, stopping a group when every run's validation accuracy reached `target_accuracy`.
+
+    Example:
+      The starting rate must lie within the controller's bounds (checked before anything
+      compiles; a real call trains for seconds):
+
+      >>> from metax.dynamics import Architecture, ClassificationData, LRController, PredictorConfig, train_with_controller
+      >>> x, y = np.zeros((8, 8, 8, 1), np.float32), np.arange(8, dtype=np.int32)
+      >>> data = ClassificationData(x, y, x, y, x, y, num_classes=10)
+      >>> controller = LRController(PredictorConfig(k=10, target_accuracy=0.9, epochs=2), lr_min=0.01, lr_max=0.1)
+      >>> train_with_controller(
+      ...     Architecture("mlp", 1, 4, "relu"), "sgd", 0.5, [0, 1], data, controller, predictor=None,
+      ...     epochs=2, batch_size=4, val_every=2,
+      ... )
+      Traceback (most recent call last):
+        ...
+      ValueError: learning_rate=0.5 lies outside the controller's bounds [0.01, 0.1].
+    """
     if not controller.lr_min <= learning_rate <= controller.lr_max:
         raise ValueError(f"learning_rate={learning_rate} lies outside the controller's bounds [{controller.lr_min}, {controller.lr_max}].")
     return train_runs(

@@ -71,7 +71,16 @@ FIELDS = [
 
 def dataset_schema(k: int, target_accuracy: float) -> pa.Schema:
     """The Parquet schema: column types, a description per column, and the settings (`k`,
-    `target_accuracy`, the code tables) as schema metadata."""
+    `target_accuracy`, the code tables) as schema metadata.
+
+    Example:
+      >>> from metax.dynamics import dataset_schema
+      >>> schema = dataset_schema(k=10, target_accuracy=0.9)
+      >>> schema.field("loss_ahead").type, schema.field("loss_ahead").metadata[b"description"]
+      (DataType(float), b"target: loss at step t+k (NaN past the run's end)")
+      >>> schema.metadata[b"metax.dynamics.k"], schema.metadata[b"metax.dynamics.target_accuracy"]
+      (b'10', b'0.9')
+    """
     fields = [pa.field(name, dtype, metadata={"description": doc}) for name, dtype, doc in FIELDS]
     metadata = {
         "metax.dynamics.schema_version": str(SCHEMA_VERSION),
@@ -84,7 +93,20 @@ def dataset_schema(k: int, target_accuracy: float) -> pa.Schema:
 
 def assign_splits(runs: Sequence[RunLog], *, val_fraction: float = 0.25, split_by: str = "architecture", seed: int = 0) -> dict[str, str]:
     """Run id -> "train" / "val". Whole groups (one run, or every run of an architecture)
-    go to one side; at least one group goes to each side."""
+    go to one side; at least one group goes to each side.
+
+    Example:
+      >>> from metax.dynamics import RunLog, assign_splits
+      >>> def run(width, seed):
+      ...     config = {"kind": "mlp", "depth": 1, "width": width, "activation": "relu"}
+      ...     return RunLog(f"mlp-d1-w{width}-relu-sgd-lr0.1-s{seed}", config, {}, np.zeros(1), np.zeros(1), ())
+      >>> runs = [run(width, seed) for width in (8, 16) for seed in (0, 1)]
+      >>> splits = assign_splits(runs, val_fraction=0.5)  # by architecture: both seeds on one side
+      >>> splits["mlp-d1-w8-relu-sgd-lr0.1-s0"] == splits["mlp-d1-w8-relu-sgd-lr0.1-s1"]
+      True
+      >>> sorted(splits.values())
+      ['train', 'train', 'val', 'val']
+    """
     if split_by not in ("run", "architecture"):
         raise ValueError(f"split_by must be 'run' or 'architecture', got {split_by!r}.")
     if not 0 < val_fraction < 1:
@@ -111,7 +133,15 @@ def _shift(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def epochs_to_target(val_acc_epochs: np.ndarray, target_accuracy: float) -> float:
-    """First epoch (1-based) whose validation accuracy is >= target_accuracy, NaN if none."""
+    """First epoch (1-based) whose validation accuracy is >= target_accuracy, NaN if none.
+
+    Example:
+      >>> from metax.dynamics import epochs_to_target
+      >>> epochs_to_target(np.array([0.5, 0.85, 0.92, 0.95]), 0.9)
+      3.0
+      >>> epochs_to_target(np.array([0.5, 0.85]), 0.9)
+      nan
+    """
     hits = np.flatnonzero(np.asarray(val_acc_epochs) >= target_accuracy)
     return float(hits[0] + 1) if hits.size else float("nan")
 
@@ -126,7 +156,27 @@ def build_dataset(
     seed: int = 0,
 ) -> pa.Table:
     """Rows of every step of every run, with targets k steps ahead, as a table with
-    `dataset_schema(k, target_accuracy)`."""
+    `dataset_schema(k, target_accuracy)`.
+
+    Example:
+      >>> from metax.dynamics import RunLog, build_dataset
+      >>> from metax.dynamics.dataset import FIELDS
+      >>> def fake_run(width, steps=6):  # a run's logs as `train_runs` writes them (here: zeros, a falling loss)
+      ...     logs = {name: np.zeros((steps, 2) if name.endswith("_layers") else steps, np.float32) for name, _, _ in FIELDS}
+      ...     logs["loss"] = np.linspace(2.0, 1.0, steps, dtype=np.float32)
+      ...     config = {"run_id": f"mlp-d1-w{width}-relu-sgd-lr0.1-s0", "kind": "mlp", "depth": 1, "width": width,
+      ...               "activation": "relu", "optimizer": "sgd", "learning_rate": 0.1, "seed": 0}
+      ...     return RunLog(config["run_id"], config, logs, np.array([0.5, 0.95]), np.array([0.5, 0.9]), ("a", "b"))
+      >>> table = build_dataset([fake_run(8), fake_run(16)], k=2, target_accuracy=0.9, val_fraction=0.5)
+      >>> table.num_rows, sorted(set(table.column("split").to_pylist()))  # 2 runs x 6 steps, one run per side
+      (12, ['train', 'val'])
+      >>> table.column("loss").to_pylist()[:6]
+      [2.0, 1.8, 1.6, 1.4, 1.2, 1.0]
+      >>> table.column("loss_ahead").to_pylist()[:6]  # k = 2 steps ahead, NaN past the run's end
+      [1.6, 1.4, 1.2, 1.0, nan, nan]
+      >>> table.column("epochs_to_target")[0].as_py(), table.column("final_val_acc")[0].as_py()
+      (2.0, 0.95)
+    """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (steps ahead) must be a positive int, got {k!r}.")
     if not runs:
@@ -170,7 +220,20 @@ def build_dataset(
 
 def write_dataset(table: pa.Table, path: str, *, overwrite: bool = False) -> None:
     """Writes the table as Parquet through a temporary file and a rename; refuses to replace
-    an existing file unless `overwrite`."""
+    an existing file unless `overwrite`.
+
+    Example:
+      >>> import os, tempfile
+      >>> from metax.dynamics import dataset_schema, read_dataset, write_dataset
+      >>> path = os.path.join(tempfile.mkdtemp(), "dynamics.parquet")
+      >>> write_dataset(dataset_schema(k=10, target_accuracy=0.9).empty_table(), path)  # no rows, same columns
+      >>> read_dataset(path).num_columns
+      37
+      >>> write_dataset(dataset_schema(k=10, target_accuracy=0.9).empty_table(), path)
+      Traceback (most recent call last):
+        ...
+      FileExistsError: ... exists; pass overwrite=True or choose another path.
+    """
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path.")
     with atomic_write(path, "wb") as handle:
@@ -178,7 +241,22 @@ def write_dataset(table: pa.Table, path: str, *, overwrite: bool = False) -> Non
 
 
 def read_dataset(path: str) -> pa.Table:
-    """Reads a dataset file and checks its columns and types against the schema it declares."""
+    """Reads a dataset file and checks its columns and types against the schema it declares.
+
+    Example:
+      >>> import os, tempfile
+      >>> import pyarrow as pa, pyarrow.parquet as pq
+      >>> from metax.dynamics import dataset_schema, dataset_settings, read_dataset, write_dataset
+      >>> folder = tempfile.mkdtemp()
+      >>> write_dataset(dataset_schema(k=5, target_accuracy=0.8).empty_table(), os.path.join(folder, "ok.parquet"))
+      >>> dataset_settings(read_dataset(os.path.join(folder, "ok.parquet")))
+      {'k': 5, 'target_accuracy': 0.8}
+      >>> pq.write_table(pa.table({"loss": [1.0]}), os.path.join(folder, "other.parquet"))
+      >>> read_dataset(os.path.join(folder, "other.parquet"))
+      Traceback (most recent call last):
+        ...
+      ValueError: ...other.parquet is not a metax.dynamics dataset (no schema metadata).
+    """
     table = pq.read_table(path)
     metadata = table.schema.metadata or {}
     try:
@@ -193,12 +271,27 @@ def read_dataset(path: str) -> pa.Table:
 
 
 def dataset_settings(table: pa.Table) -> dict:
-    """`k` and `target_accuracy` from a dataset table's schema metadata."""
+    """`k` and `target_accuracy` from a dataset table's schema metadata.
+
+    Example:
+      >>> from metax.dynamics import dataset_schema, dataset_settings
+      >>> dataset_settings(dataset_schema(k=10, target_accuracy=0.9).empty_table())
+      {'k': 10, 'target_accuracy': 0.9}
+    """
     metadata = table.schema.metadata
     return {"k": int(metadata[b"metax.dynamics.k"]), "target_accuracy": float(metadata[b"metax.dynamics.target_accuracy"])}
 
 
 def split_tables(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """The (train, validation) rows of a dataset table."""
+    """The (train, validation) rows of a dataset table.
+
+    Example:
+      >>> import pyarrow as pa
+      >>> from metax.dynamics import split_tables
+      >>> table = pa.table({"run_id": ["a", "a", "b"], "split": ["train", "train", "val"], "loss": [2.0, 1.5, 2.2]})
+      >>> train, val = split_tables(table)
+      >>> train.column("loss").to_pylist(), val.column("run_id").to_pylist()
+      ([2.0, 1.5], ['b'])
+    """
     split = table.column("split").to_numpy(zero_copy_only=False)
     return table.filter(pa.array(split == "train")), table.filter(pa.array(split == "val"))

@@ -59,7 +59,22 @@ OUTPUTS = ("log_loss_ratio", "final_val_acc", "epochs_to_target")
 
 
 def features(columns: Mapping[str, jax.typing.ArrayLike]) -> jax.Array:
-    """Feature matrix `(..., len(FEATURE_NAMES))` from `FEATURE_INPUTS` of any common shape."""
+    """Feature matrix `(..., len(FEATURE_NAMES))` from `FEATURE_INPUTS` of any common shape.
+
+    Example:
+      >>> from metax.dynamics import FEATURE_NAMES, features
+      >>> from metax.dynamics.predictor import FEATURE_INPUTS
+      >>> step = {name: 1.0 for name in FEATURE_INPUTS}
+      >>> step.update(kind=0, activation=1, optimizer=2, width=16.0)  # mlp, tanh, adam
+      >>> feats = features(step)
+      >>> feats.shape == (len(FEATURE_NAMES),)
+      True
+      >>> named = dict(zip(FEATURE_NAMES, feats.tolist()))
+      >>> named["log_loss"], round(named["log_width"], 4), named["activation_tanh"], named["optimizer_adam"]
+      (0.0, 2.7726, 1.0, 1.0)
+      >>> features({name: np.ones(5) for name in FEATURE_INPUTS}).shape  # a column per input: a row per step
+      (5, 22)
+    """
     c = {name: jnp.asarray(columns[name], jnp.float32) for name in FEATURE_INPUTS}
     log = lambda x: jnp.log(x + _EPS)
     one_hot = lambda codes, n: jax.nn.one_hot(jnp.asarray(columns[codes]).astype(jnp.int32), n)
@@ -88,7 +103,14 @@ def features(columns: Mapping[str, jax.typing.ArrayLike]) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class PredictorConfig:
-    """The predictor's shape and the dataset settings it was trained for."""
+    """The predictor's shape and the dataset settings it was trained for.
+
+    Example:
+      >>> from metax.dynamics import PredictorConfig
+      >>> config = PredictorConfig(k=10, target_accuracy=0.9, epochs=5)
+      >>> config.hidden
+      (64, 64)
+    """
 
     k: int
     target_accuracy: float
@@ -97,7 +119,20 @@ class PredictorConfig:
 
 
 class Predictor(NamedTuple):
-    """Trained weights and the standardisation of inputs and outputs (a pytree)."""
+    """Trained weights and the standardisation of inputs and outputs (a pytree).
+
+    Example:
+      >>> from metax.dynamics import FEATURE_NAMES, Predictor, PredictorConfig, predict
+      >>> config = PredictorConfig(k=10, target_accuracy=0.9, epochs=5, hidden=(8,))
+      >>> num_features = len(FEATURE_NAMES)
+      >>> net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP((*config.hidden, 3))(x)))  # its network
+      >>> shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
+      >>> predictor = Predictor(jax.tree_util.tree_map(jnp.zeros_like, shapes),  # all-zero weights; fit_predictor trains them
+      ...                       x_mean=jnp.zeros(num_features), x_std=jnp.ones(num_features),
+      ...                       y_mean=jnp.full(3, 2.0), y_std=jnp.ones(3))
+      >>> [leaf.shape for leaf in jax.tree_util.tree_leaves(predictor)]
+      [(8,), (22, 8), (3,), (8, 3), (22,), (22,), (3,), (3,)]
+    """
 
     params: hk.Params
     x_mean: jax.Array  # (F,)
@@ -113,7 +148,20 @@ def _network(config: PredictorConfig) -> hk.Transformed:
 
 
 def predict(config: PredictorConfig, predictor: Predictor, feats: jax.Array) -> jax.Array:
-    """Raw outputs `(..., 3)` in the units of `OUTPUTS` (jit- and vmap-able)."""
+    """Raw outputs `(..., 3)` in the units of `OUTPUTS` (jit- and vmap-able).
+
+    Example:
+      >>> from metax.dynamics import FEATURE_NAMES, Predictor, PredictorConfig, predict
+      >>> config = PredictorConfig(k=10, target_accuracy=0.9, epochs=5, hidden=(8,))
+      >>> num_features = len(FEATURE_NAMES)
+      >>> net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP((*config.hidden, 3))(x)))  # its network
+      >>> shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
+      >>> predictor = Predictor(jax.tree_util.tree_map(jnp.zeros_like, shapes),  # all-zero weights; fit_predictor trains them
+      ...                       x_mean=jnp.zeros(num_features), x_std=jnp.ones(num_features),
+      ...                       y_mean=jnp.full(3, 2.0), y_std=jnp.ones(3))
+      >>> predict(config, predictor, jnp.zeros((2, num_features))).tolist()  # 2 steps' features; zero net: y_mean
+      [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
+    """
     x = (feats - predictor.x_mean) / predictor.x_std
     return _network(config).apply(predictor.params, x) * predictor.y_std + predictor.y_mean
 
@@ -156,6 +204,26 @@ def fit_predictor(
       epochs: the epochs of the sweep's runs (the value of a never-reached target is epochs + 1).
       steps, batch_size, learning_rate: Adam with cosine decay on mini-batches of rows,
         the whole loop one `lax.scan`.
+
+    Example:
+      >>> from metax.dynamics import RunLog, build_dataset, split_tables
+      >>> from metax.dynamics.dataset import FIELDS
+      >>> def fake_run(width, steps=6):  # a run's logs as `train_runs` writes them (here: a falling loss)
+      ...     logs = {name: np.ones((steps, 2) if name.endswith("_layers") else steps, np.float32) for name, _, _ in FIELDS}
+      ...     logs.update(loss=np.linspace(2.0, 1.0, steps, dtype=np.float32), epoch=np.repeat([0, 1], steps // 2),
+      ...                 kind=np.zeros(steps), activation=np.zeros(steps), optimizer=np.zeros(steps), width=np.full(steps, width))
+      ...     logs["loss_ema"] = logs["loss_ema_slow"] = logs["loss"]
+      ...     config = {"run_id": f"mlp-d1-w{width}-relu-sgd-lr0.1-s0", "kind": "mlp", "depth": 1, "width": width,
+      ...               "activation": "relu", "optimizer": "sgd", "learning_rate": 0.1, "seed": 0}
+      ...     return RunLog(config["run_id"], config, logs, np.array([0.5, 0.95]), np.array([0.5, 0.9]), ("a", "b"))
+      >>> table = build_dataset([fake_run(width) for width in (4, 8, 16)], k=2, target_accuracy=0.9, val_fraction=0.34)
+      >>> train, val = split_tables(table)
+      >>> from metax.dynamics import fit_predictor
+      >>> config, predictor = fit_predictor(train, epochs=2, hidden=(4,), steps=3)  # a real fit uses thousands
+      >>> config
+      PredictorConfig(k=2, target_accuracy=0.9, epochs=2, hidden=(4,))
+      >>> predictor.x_mean.shape, predictor.y_mean.shape
+      ((22,), (3,))
     """
     settings = dataset_settings(table)
     config = PredictorConfig(settings["k"], settings["target_accuracy"], int(epochs), tuple(hidden))
@@ -205,7 +273,13 @@ def _runs(table: pa.Table):
 
 def linear_extrapolation(series: np.ndarray, ahead: int, window: int) -> np.ndarray:
     """At every t >= window - 1: the least-squares line through series[t-window+1 .. t],
-    evaluated `ahead` steps after t; NaN before that."""
+    evaluated `ahead` steps after t; NaN before that.
+
+    Example:
+      >>> from metax.dynamics import linear_extrapolation
+      >>> linear_extrapolation(np.array([5.0, 4.0, 3.0, 2.0]), ahead=2, window=2).tolist()
+      [nan, 2.0, 1.0, 0.0]
+    """
     series = np.asarray(series, np.float64)
     out = np.full(series.shape, np.nan)
     if window < 2 or len(series) < window:
@@ -235,6 +309,32 @@ def evaluate_predictor(config: PredictorConfig, predictor: Predictor, table: pa.
       accuracies extrapolated to the final epoch (clipped to [0, 1]).
     - `epochs_to_target`: the same rows of runs that reach the target, before they reach it:
       the predictor against the same line, extrapolated to where it meets the target.
+
+    Example:
+      >>> from metax.dynamics import RunLog, build_dataset, split_tables
+      >>> from metax.dynamics.dataset import FIELDS
+      >>> def fake_run(width, steps=6):  # a run's logs as `train_runs` writes them (here: a falling loss)
+      ...     logs = {name: np.ones((steps, 2) if name.endswith("_layers") else steps, np.float32) for name, _, _ in FIELDS}
+      ...     logs.update(loss=np.linspace(2.0, 1.0, steps, dtype=np.float32), epoch=np.repeat([0, 1], steps // 2),
+      ...                 kind=np.zeros(steps), activation=np.zeros(steps), optimizer=np.zeros(steps), width=np.full(steps, width))
+      ...     logs["loss_ema"] = logs["loss_ema_slow"] = logs["loss"]
+      ...     config = {"run_id": f"mlp-d1-w{width}-relu-sgd-lr0.1-s0", "kind": "mlp", "depth": 1, "width": width,
+      ...               "activation": "relu", "optimizer": "sgd", "learning_rate": 0.1, "seed": 0}
+      ...     return RunLog(config["run_id"], config, logs, np.array([0.5, 0.95]), np.array([0.5, 0.9]), ("a", "b"))
+      >>> table = build_dataset([fake_run(width) for width in (4, 8, 16)], k=2, target_accuracy=0.9, val_fraction=0.34)
+      >>> train, val = split_tables(table)
+      >>> from metax.dynamics import FEATURE_NAMES, Predictor, PredictorConfig, evaluate_predictor
+      >>> config = PredictorConfig(k=2, target_accuracy=0.9, epochs=2, hidden=(4,))  # as fit_predictor(train, ...) returns
+      >>> net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP((*config.hidden, 3))(x)))
+      >>> num_features = len(FEATURE_NAMES)
+      >>> shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
+      >>> predictor = Predictor(jax.tree_util.tree_map(jnp.zeros_like, shapes),  # all-zero weights: untrained
+      ...                       jnp.zeros(num_features), jnp.ones(num_features), jnp.zeros(3), jnp.ones(3))
+      >>> report = evaluate_predictor(config, predictor, val)
+      >>> report["k"], report["runs"], sorted(report["loss_ahead"])
+      (2, 1, ['last_ema', 'last_value', 'linear_extrapolation', 'predictor'])
+      >>> report["loss_ahead"]["linear_extrapolation"]  # the loss falls on a line: the line is exact
+      {'mae': 0.0, 'rmse': 0.0, 'rows': 3}
     """
     k = config.k
     loss_rows = {"predictor": [], "last_value": [], "last_ema": [], "linear_extrapolation": [], "actual": []}

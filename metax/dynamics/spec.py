@@ -29,12 +29,32 @@ _ARCH_KEYS = ("kind", "depth", "width", "activation")
 
 
 class SpecError(ValueError):
-    """A sweep spec key or value is wrong; the message names it and says what to do."""
+    """A sweep spec key or value is wrong; the message names it and says what to do.
+
+    Example:
+      >>> from metax.dynamics import SpecError, SweepSpec
+      >>> raw = {"architectures": [{"kind": "mlp", "depth": 1, "width": 8, "activation": "relu"}],
+      ...        "optimizers": ["adamm"], "learning_rates": [0.01]}
+      >>> try:
+      ...     SweepSpec.from_dict(raw)
+      ... except SpecError as error:
+      ...     print(error)
+      sweep spec: unknown optimizer 'adamm'...
+      >>> issubclass(SpecError, ValueError)
+      True
+    """
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """One training run of a sweep."""
+    """One training run of a sweep.
+
+    Example:
+      >>> from metax.dynamics import Architecture, RunConfig
+      >>> run = RunConfig(Architecture("mlp", 1, 16, "relu"), "adam", 0.001, seed=0)
+      >>> run.run_id
+      'mlp-d1-w16-relu-adam-lr0.001-s0'
+    """
 
     arch: Architecture
     optimizer: str
@@ -60,6 +80,23 @@ class SweepSpec:
       val_every: validation accuracy every this many steps (and at every epoch end).
       dataset, mnist_path, val_fraction, test_fraction, max_train, data_seed: passed to
         `load_classification_data`.
+
+    Example:
+      >>> from metax.dynamics import SweepSpec
+      >>> spec = SweepSpec.from_dict({
+      ...     "architectures": [{"kind": "mlp", "depth": [1, 2], "width": 16, "activation": "relu"}],
+      ...     "optimizers": ["adam", "sgd"],
+      ...     "learning_rates": {"adam": [0.001], "sgd": [0.1, 0.3]},
+      ...     "seeds": [0, 1],
+      ... })
+      >>> [arch.name for arch in spec.architectures]
+      ['mlp-d1-w16-relu', 'mlp-d2-w16-relu']
+      >>> len(spec.runs())  # 2 architectures x (1 + 2) rates x 2 seeds
+      12
+      >>> spec.runs()[0].run_id
+      'mlp-d1-w16-relu-adam-lr0.001-s0'
+      >>> SweepSpec.from_dict(spec.to_dict()) == spec
+      True
     """
 
     architectures: tuple[Architecture, ...]
@@ -157,7 +194,21 @@ class SweepSpec:
 
 
 def load_sweep_spec(path: str) -> SweepSpec:
-    """Reads a YAML sweep spec file."""
+    """Reads a YAML sweep spec file.
+
+    Example:
+      >>> import os, tempfile
+      >>> from metax.dynamics import load_sweep_spec
+      >>> path = os.path.join(tempfile.mkdtemp(), "sweep.yaml")
+      >>> with open(path, "w") as handle:
+      ...     _ = handle.write(
+      ...         "{architectures: [{kind: conv, depth: 2, width: 8, activation: [relu, tanh]}],"
+      ...         " optimizers: [momentum], learning_rates: [0.03, 0.1], epochs: 3}"
+      ...     )
+      >>> spec = load_sweep_spec(path)
+      >>> len(spec.runs()), spec.epochs, spec.learning_rates
+      (4, 3, {'momentum': (0.03, 0.1)})
+    """
     import yaml
 
     with open(path) as handle:

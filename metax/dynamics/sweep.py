@@ -31,7 +31,15 @@ RUNS_DIR = "runs"
 
 
 class SweepResult(NamedTuple):
-    """What `run_sweep` did: the run ids it trained now and those it found finished."""
+    """What `run_sweep` did: the run ids it trained now and those it found finished.
+
+    Example:
+      >>> from metax.dynamics import SweepResult
+      >>> result = SweepResult("sweeps/digits", trained=("mlp-d1-w8-relu-sgd-lr0.1-s1",),
+      ...                      skipped=("mlp-d1-w8-relu-sgd-lr0.1-s0",), seconds=12.5)
+      >>> len(result.trained) + len(result.skipped)  # every run of the spec
+      2
+    """
 
     out_dir: str
     trained: tuple[str, ...]
@@ -40,7 +48,15 @@ class SweepResult(NamedTuple):
 
 
 class RunLog(NamedTuple):
-    """One finished run read back: its config (a dict) and logged arrays (`(steps, ...)`)."""
+    """One finished run read back: its config (a dict) and logged arrays (`(steps, ...)`).
+
+    Example:
+      >>> from metax.dynamics import RunLog
+      >>> run = RunLog("mlp-d1-w8-relu-sgd-lr0.1-s0", {"kind": "mlp", "depth": 1}, {"loss": np.array([2.3, 2.0, 1.8])},
+      ...              val_acc_epochs=np.array([0.6]), test_acc_epochs=np.array([0.58]), layer_names=("linear_0", "linear_1"))
+      >>> run.logs["loss"].shape, float(run.val_acc_epochs[-1])
+      ((3,), 0.6)
+    """
 
     run_id: str
     config: dict
@@ -99,7 +115,21 @@ def _write_run(out_dir: str, run: RunConfig, config: dict, arrays: dict) -> None
 
 
 def load_run(path: str) -> RunLog:
-    """Reads one run file written by `run_sweep`."""
+    """Reads one run file written by `run_sweep`.
+
+    Example:
+      A file in `run_sweep`'s format (the config as JSON, each log as `log_<name>`):
+
+      >>> import json, os, tempfile
+      >>> from metax.dynamics import load_run
+      >>> path = os.path.join(tempfile.mkdtemp(), "run.npz")
+      >>> config = {"run_id": "mlp-d1-w8-relu-sgd-lr0.1-s0", "layer_names": ["linear_0", "linear_1"]}
+      >>> np.savez(path, config=json.dumps(config), log_loss=np.array([2.3, 2.0, 1.8]), log_lr=np.full(3, 0.1),
+      ...          val_acc_epochs=np.array([0.6]), test_acc_epochs=np.array([0.58]))
+      >>> run = load_run(path)
+      >>> run.run_id, sorted(run.logs), run.layer_names
+      ('mlp-d1-w8-relu-sgd-lr0.1-s0', ['loss', 'lr'], ('linear_0', 'linear_1'))
+    """
     with np.load(path) as data:
         config = json.loads(str(data["config"]))
         logs = {name[4:]: data[name] for name in data.files if name.startswith("log_")}
@@ -107,7 +137,24 @@ def load_run(path: str) -> RunLog:
 
 
 def load_sweep(out_dir: str) -> list[RunLog]:
-    """Every finished run in a sweep folder, sorted by run id."""
+    """Every finished run in a sweep folder, sorted by run id.
+
+    Example:
+      >>> import json, os, tempfile
+      >>> from metax.dynamics import load_sweep
+      >>> out_dir = tempfile.mkdtemp()
+      >>> os.makedirs(os.path.join(out_dir, "runs"))
+      >>> for seed in (1, 0):
+      ...     config = {"run_id": f"mlp-d1-w8-relu-sgd-lr0.1-s{seed}", "layer_names": ["linear_0", "linear_1"]}
+      ...     np.savez(os.path.join(out_dir, "runs", config["run_id"] + ".npz"), config=json.dumps(config),
+      ...              log_loss=np.array([2.3, 2.0]), val_acc_epochs=np.array([0.6]), test_acc_epochs=np.array([0.6]))
+      >>> [run.run_id for run in load_sweep(out_dir)]
+      ['mlp-d1-w8-relu-sgd-lr0.1-s0', 'mlp-d1-w8-relu-sgd-lr0.1-s1']
+      >>> load_sweep(tempfile.mkdtemp())
+      Traceback (most recent call last):
+        ...
+      FileNotFoundError: no finished runs in ...; run the sweep first.
+    """
     paths = sorted(glob.glob(os.path.join(out_dir, RUNS_DIR, "*.npz")))
     if not paths:
         raise FileNotFoundError(f"no finished runs in {os.path.join(out_dir, RUNS_DIR)}; run the sweep first.")
@@ -129,6 +176,25 @@ def run_sweep(
 
     Returns:
       a `SweepResult` naming the runs trained by this call and the runs skipped.
+
+    Example:
+      A real sweep trains for seconds to hours; its data is read first, so a bad data path
+      fails before anything is written:
+
+      >>> import os, tempfile
+      >>> from metax.dynamics import SweepSpec, run_sweep
+      >>> spec = SweepSpec.from_dict({
+      ...     "architectures": [{"kind": "mlp", "depth": 1, "width": 8, "activation": "relu"}],
+      ...     "optimizers": ["sgd"], "learning_rates": [0.1], "seeds": [0, 1], "epochs": 1,
+      ...     "dataset": "mnist", "mnist_path": os.path.join(tempfile.mkdtemp(), "no-mnist-here"),
+      ... })
+      >>> out_dir = os.path.join(tempfile.mkdtemp(), "sweep")
+      >>> run_sweep(spec, out_dir, progress=False)
+      Traceback (most recent call last):
+        ...
+      FileNotFoundError: ...
+      >>> os.path.exists(out_dir)
+      False
     """
     from tqdm.auto import tqdm
 

@@ -49,7 +49,21 @@ class Trackers(NamedTuple):
 
 
 class RunState(NamedTuple):
-    """One run's training state (a leading run axis when runs are vmapped)."""
+    """One run's training state (a leading run axis when runs are vmapped).
+
+    Example:
+      >>> from metax.dynamics import Architecture, ClassificationData, init_runs
+      >>> x, y = np.zeros((8, 8, 8, 1), np.float32), np.arange(8, dtype=np.int32)
+      >>> data = ClassificationData(x, y, x, y, x, y, num_classes=10)
+      >>> arch = Architecture("mlp", 1, 4, "relu")
+      >>> state = init_runs(arch, "adam", [0.01, 0.01, 0.01], [0, 1, 2], data)
+      >>> state._fields
+      ('params', 'opt_state', 'trackers')
+      >>> [w.shape for w in jax.tree_util.tree_leaves(state.params)]  # three runs: a leading run axis
+      [(3, 4), (3, 64, 4), (3, 10), (3, 4, 10)]
+      >>> state.trackers.loss_ema.shape
+      (3,)
+    """
 
     params: hk.Params
     opt_state: optax.OptState  # learning rate in opt_state.hyperparams["learning_rate"]
@@ -67,6 +81,21 @@ class TrainResult(NamedTuple):
         `(R,)`, -1 where it never did or no target was given.
       layer_names: the `L` layers of the per-layer columns.
       state: the final `RunState`.
+
+    Example:
+      >>> from metax.dynamics import TrainResult
+      >>> result = TrainResult(
+      ...     logs={"loss": np.zeros((2, 6), np.float32)},  # 2 runs, 3 epochs of 2 steps
+      ...     val_acc_epochs=np.array([[0.5, 0.8, 0.9], [0.3, 0.4, 0.6]]),
+      ...     test_acc_epochs=np.array([[0.5, 0.8, 0.9], [0.3, 0.4, 0.6]]),
+      ...     epochs_to_target=np.array([2, -1]),  # target 0.8: run 0 at epoch 2, run 1 never
+      ...     layer_names=("linear_0", "linear_1"),
+      ...     state=None,
+      ... )
+      >>> result.logs["loss"].shape, result.val_acc_epochs[:, -1].tolist()
+      ((2, 6), [0.9, 0.6])
+      >>> (result.epochs_to_target > 0).tolist()
+      [True, False]
     """
 
     logs: dict
@@ -78,7 +107,14 @@ class TrainResult(NamedTuple):
 
 
 def layer_norms(tree: hk.Params) -> jax.Array:
-    """Euclidean norm of each top-level haiku module's leaves, `(num_layers,)` in sorted order."""
+    """Euclidean norm of each top-level haiku module's leaves, `(num_layers,)` in sorted order.
+
+    Example:
+      >>> from metax.dynamics import layer_norms
+      >>> params = {"readout": {"w": jnp.full((1,), 3.0)}, "hidden": {"w": jnp.ones((2, 1)), "b": jnp.ones(2)}}
+      >>> layer_norms(params).tolist()  # "hidden" (sqrt(2 + 2)) sorts before "readout"
+      [2.0, 3.0]
+    """
     return jnp.stack(
         [jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree[name]))) for name in sorted(tree)]
     )
@@ -116,6 +152,20 @@ def make_epoch_fn(
     and the test accuracy is measured after the epoch's last step.
     With `lr_policy`, the rate for step t+1 is `lr_policy(policy_params, log_t, t)` (computed
     in the graph from step t's measurements); without, the rate stays as initialised.
+
+    Example:
+      >>> from metax.dynamics import Architecture, ClassificationData, init_runs, make_epoch_fn
+      >>> x, y = np.zeros((8, 8, 8, 1), np.float32), np.arange(8, dtype=np.int32)
+      >>> data = ClassificationData(x, y, x, y, x, y, num_classes=10)
+      >>> arch = Architecture("mlp", 1, 4, "relu")
+      >>> epoch = make_epoch_fn(arch, "sgd", 10, batch_size=4, steps_per_epoch=2, val_every=1)
+      >>> state = jax.tree_util.tree_map(lambda a: a[0], init_runs(arch, "sgd", [0.1], [0], data))  # one run
+      >>> order = jnp.arange(8)
+      >>> _, logs, test_acc = jax.eval_shape(epoch, state, None, order, x, y, x, y, x, y, 0)  # traced, not run
+      >>> logs["loss"].shape, logs["grad_norm_layers"].shape, test_acc.shape
+      ((2,), (2, 2), ())
+      >>> {"lr", "update_ratio", "val_acc", "depth"} <= set(logs)
+      True
     """
     apply = build_network(arch, num_classes).apply
     opt = make_optimizer(optimizer, 0.0)  # the rate actually used is read from the state
@@ -231,7 +281,20 @@ def init_runs(
 ) -> RunState:
     """Initial states of `R = len(seeds)` runs (one learning rate per run); a run's
     initialisation and data order depend only on its seed, so runs that differ only in
-    learning rate start from the same weights and see the same batches."""
+    learning rate start from the same weights and see the same batches.
+
+    Example:
+      >>> from metax.dynamics import Architecture, ClassificationData, init_runs
+      >>> x, y = np.zeros((8, 8, 8, 1), np.float32), np.arange(8, dtype=np.int32)
+      >>> data = ClassificationData(x, y, x, y, x, y, num_classes=10)
+      >>> arch = Architecture("mlp", 1, 4, "relu")
+      >>> state = init_runs(arch, "sgd", [0.1, 0.3], [0, 0], data)
+      >>> state.opt_state.hyperparams["learning_rate"].tolist()
+      [0.1, 0.3]
+      >>> w = state.params["multilayer_perceptron/~/linear_0/linear"]["w"]
+      >>> w.shape, bool(jnp.all(w[0] == w[1]))  # same seed, same initial weights
+      ((2, 64, 4), True)
+    """
     if len(learning_rates) != len(seeds) or not len(seeds):
         raise ValueError(f"need one learning rate per seed, got {len(learning_rates)} rates and {len(seeds)} seeds.")
     sample = np.asarray(data.train_x[:1])
@@ -273,6 +336,18 @@ def train_runs(
       learning_rates, seeds: one entry per run.
       lr_policy, policy_params: an in-graph learning-rate controller (see `make_epoch_fn`).
       on_epoch: called with the number of epochs done after each epoch (progress bars).
+
+    Example:
+      Settings are checked before anything compiles (a real call trains for seconds):
+
+      >>> from metax.dynamics import Architecture, ClassificationData, train_runs
+      >>> x, y = np.zeros((8, 8, 8, 1), np.float32), np.arange(8, dtype=np.int32)
+      >>> data = ClassificationData(x, y, x, y, x, y, num_classes=10)
+      >>> arch = Architecture("mlp", 1, 4, "relu")
+      >>> train_runs(arch, "sgd", [0.1], [0], data, epochs=1, batch_size=32, val_every=1)
+      Traceback (most recent call last):
+        ...
+      ValueError: batch_size=32 exceeds the 8 training images; use a smaller batch_size.
     """
     if epochs < 1 or batch_size < 1 or val_every < 1:
         raise ValueError(f"epochs, batch_size and val_every must be positive, got {epochs}, {batch_size}, {val_every}.")
