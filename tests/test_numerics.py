@@ -76,6 +76,10 @@ VALUE_CASES = [
     C("evosax", "cavia", "meta_sgd"),
     C("learned_kernel", "learned_init_imaml", "meta_sgd"),
     C("learned_kernel_pes", "learned_init", "meta_sgd"),
+    # The learned kernels the conformance battery runs as inner optimisers.
+    C("learned_kernel", "learned_init", "scalar_lr"),
+    C("learned_kernel", "learned_init", "coordinatewise"),
+    C("learned_kernel", "learned_init", "metadynamic"),
 ]
 CASES = numerics.cases()
 
