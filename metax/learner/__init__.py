@@ -29,6 +29,8 @@ from metax.learner.maml import MAML
 from metax.learner.maml import ModelAgnosticMetaLearning
 from metax.learner.reptile import BufferedReptile
 from metax.learner.reptile import Reptile
+from metax.learner.supervised import fit
+from metax.learner.supervised import gradient_step
 
 __all__ = [
     "BufferedReptile",
@@ -51,6 +53,8 @@ __all__ = [
     "TaskOutcome",
     "WithLearnedOptimizer",
     "finetune_head",
+    "fit",
+    "gradient_step",
     "init_classifier",
     "pretrain_classifier",
     "solve_bicgstab",
