@@ -23,10 +23,11 @@ Tests Torch-MetaDyn's claim (seed 000): with noisy gradients, a learned update r
    f* is the best value found by long noise-free Adam runs from z0 and from the encoder's
    mean (and by any method's iterate). All methods see the same noise draws.
 
-Every method runs through the one loop below, `infer`: a `lax.scan` of an optax
-transformation (the learned kernel is `MetadynamicOptimizer.optimizer(psi)`) that records
-the noise-free objective at every step. Writes metrics.json and
-inference_comparison_noisy.png to --out.
+Every method runs through the one loop below, `infer`: a `lax.scan` of
+`metax.learner.gradient_step` with an optax transformation (the learned kernel is
+`MetadynamicOptimizer.optimizer(psi)`) behind `optax.add_noise`, recording the
+noise-free objective at every step. The VAE and the kernel's meta-training run through
+`metax.learner.fit`. Writes metrics.json and inference_comparison_noisy.png to --out.
 """
 
 import functools
@@ -128,54 +129,25 @@ def make_vae(pixels, latent_dim, hidden):
     return hk.without_apply_rng(hk.multi_transform(build))
 
 
-CHUNK = 50  # steps per compiled call: few host round-trips, a progress bar that still moves
-
-
-def scan_in_chunks(step):
-    """`run(carry, rng, first, steps, progress, *args) -> (carry, values)`: runs
-    `carry, value = step(carry, fold_in(rng, first + i), *args)` for i < steps as a
-    `lax.scan` over chunks of CHUNK steps (compiled once for full chunks and once for a
-    remainder, whatever `rng` and `args`), updating `progress` after each chunk."""
-
-    @jax.jit
-    def chunk(carry, rng, indices, *args):
-        return jax.lax.scan(lambda c, i: step(c, jax.random.fold_in(rng, i), *args), carry, indices)
-
-    def run(carry, rng, first, steps, progress, *args):
-        values = []
-        for start in range(first, first + steps, CHUNK):
-            indices = jnp.arange(start, min(start + CHUNK, first + steps))
-            carry, chunk_values = chunk(carry, rng, indices, *args)
-            values.append(np.asarray(chunk_values))
-            progress.update(len(indices))
-        return carry, np.concatenate(values) if values else np.zeros((0,), np.float32)
-
-    return run
-
-
 def train_vae(rng, train, args):
-    """Adam on the negative ELBO; returns the params, the pure functions and the last loss."""
+    """Adam on the negative ELBO (batches of 128); returns the params, the pure functions
+    and the last loss."""
     vae = make_vae(train.shape[1], args.latent_dim, args.hidden)
     rng_init, rng_train = jax.random.split(rng)
     data = jnp.asarray(train)
     params = vae.init(rng_init, data[:2])
     optimizer = optax.adam(1e-3)
-    opt_state = optimizer.init(params)
 
-    def step(carry, key):
-        params, opt_state = carry
+    def loss(params, key, data):
         key_batch, key_noise = jax.random.split(key)
         x = data[jax.random.randint(key_batch, (128,), 0, data.shape[0])]
-        loss = lambda p: jnp.mean(sum(vae.apply[0](p, x, key_noise)))
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return (optax.apply_updates(params, updates), opt_state), value
+        return jnp.mean(sum(vae.apply[0](params, x, key_noise)))
 
     progress = tqdm(total=args.vae_steps, desc="VAE", unit="step", leave=False)
-    (params, _), values = scan_in_chunks(step)((params, opt_state), rng_train, 0, args.vae_steps, progress)
+    step = metax.learner.gradient_step(loss, optimizer)
+    (params, _), values = metax.learner.fit(step, (params, optimizer.init(params)), rng_train, args.vae_steps, data, progress=progress)
     progress.close()
-    value = values[-1]
-    return params, vae, float(value)
+    return params, vae, float(values[-1])
 
 
 # -- the inference problem and its one loop ------------------------------------------------
@@ -195,19 +167,19 @@ def infer(objective, optimizer, x, z0, rng, steps, noise_std):
     """THE inference loop of this study, shared by every method.
 
     `steps` updates of `optimizer` (any optax transformation, the learned kernel
-    included) on z, each fed the gradient of `objective` plus N(0, noise_std^2) noise per
-    coordinate. Returns the noise-free objective at z_0 ... z_T, shape `(steps + 1, batch)`,
-    and the final z.
+    included) on z, behind `optax.add_noise` (gamma 0: a constant N(0, noise_std^2) per
+    coordinate, drawn from `rng`, so every method sees the same noise). Returns the
+    noise-free objective at z_0 ... z_T, shape `(steps + 1, batch)`, and the final z.
     """
 
-    def step(carry, key):
-        z, opt_state = carry
-        values, grads = jax.vmap(jax.value_and_grad(lambda zi, xi: objective(zi[None], xi[None])[0]))(z, x)
-        grads = grads + noise_std * jax.random.normal(key, z.shape, z.dtype)
-        updates, opt_state = optimizer.update(grads, opt_state, z)
-        return (optax.apply_updates(z, updates), opt_state), values
+    def loss(z, _):  # images are independent: the gradient of the sum is each image's own
+        values = objective(z, x)
+        return jnp.sum(values), values
 
-    (z, _), values = jax.lax.scan(step, (z0, optimizer.init(z0)), jax.random.split(rng, steps))
+    # add_noise wants a typed key; gamma 0 keeps the variance constant (no annealing).
+    noisy = optax.chain(optax.add_noise(noise_std**2, 0.0, jax.random.wrap_key_data(rng)), optimizer)
+    step = metax.learner.gradient_step(loss, noisy, has_aux=True)
+    (z, _), (_, values) = jax.lax.scan(step, (z0, noisy.init(z0)), None, length=steps)
     return jnp.concatenate([values, objective(z, x)[None]]), z
 
 
@@ -241,20 +213,17 @@ def make_meta_trainer(objective, kernel, x_train, latent_dim, args):
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.meta_lr))
     data = jnp.asarray(x_train)
 
-    def step(carry, key, noise_std):
-        psi, opt_state = carry
+    def loss(psi, key, noise_std):
         key_batch, key_noise = jax.random.split(key)
         x = data[jax.random.randint(key_batch, (args.meta_batch,), 0, data.shape[0])]
         z0 = jnp.zeros((x.shape[0], latent_dim))
-        loss = lambda p: jnp.mean(infer(objective, kernel.optimizer(p), x, z0, key_noise, args.steps, noise_std)[0][-1])
-        value, grads = jax.value_and_grad(loss)(psi)
-        updates, opt_state = optimizer.update(grads, opt_state, psi)
-        return (optax.apply_updates(psi, updates), opt_state), value
+        return jnp.mean(infer(objective, kernel.optimizer(psi), x, z0, key_noise, args.steps, noise_std)[0][-1])
 
-    run = scan_in_chunks(step)
+    step = metax.learner.gradient_step(loss, optimizer)
 
     def train(psi, rng, noise_std, progress):
-        (psi, _), losses = run((psi, optimizer.init(psi)), rng, 1, args.meta_steps, progress, noise_std)
+        carry = (psi, optimizer.init(psi))
+        (psi, _), losses = metax.learner.fit(step, carry, rng, args.meta_steps, noise_std, first=1, progress=progress)
         return psi, [float(v) for v in losses]
 
     return train
