@@ -16,16 +16,19 @@ meta-test classes and scores, per task, the query accuracy of
 It writes `<out>/metrics.json` (settings, class splits, mean accuracy with a 95%
 interval per method and shot count, per-task accuracies, the pre-training loss curve)
 and refuses to overwrite an earlier run unless given `--overwrite`. Held-out tasks are
-`sample_metabatch(PRNGKey(--test-seed), splits.sampler("test", ...), --tasks)`, the same
-for every method; with `--run-seed S` they are instead the held-out tasks `metax run`
-scores for a `fewshot` config with `seed: S` (what experiments/fewshot/run.sh uses), so
-baselines and meta-learners are scored on the same tasks.
+drawn as `metax run` draws them (`metax.experiment.loop.sample_held_out`), the same for
+every method: with `--run-seed S`, exactly the tasks the runner scores for a `fewshot`
+config with `seed: S` (what experiments/fewshot/run.sh uses), so baselines and
+meta-learners are scored on the same tasks; otherwise from `PRNGKey(--test-seed)`.
+Pre-training runs through `metax.learner.fit`, scoring through the runner's
+`HeldOutEvaluator` (`--chunk` tasks per compiled call).
 """
 
 import argparse
 import functools
 import sys
 import time
+from typing import Callable, NamedTuple
 
 import haiku as hk
 import jax
@@ -34,15 +37,14 @@ import optax
 from tqdm import tqdm
 
 import metax
-from metax.experiment import refuse_overwrite, write_json_atomic
+from metax.experiment import HeldOutEvaluator, interval, refuse_overwrite, write_json_atomic
+from metax.experiment.args import study_parser
 
 QUICK = dict(tasks=20, scratch_steps=3, pretrain_steps=20, finetune_steps=3, width=8, chunk=10)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder for metrics.json")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's metrics.json")
+    parser = study_parser(__doc__.split("\n\n")[0], "runs/fewshot_baselines")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny network, few steps and tasks")
     data = parser.add_argument_group("data")
     data.add_argument("--source", choices=["digits", "mnist", "npz", "folder"], default="digits")
@@ -77,7 +79,6 @@ def parse_args(argv=None):
     model.add_argument("--finetune-steps", type=int, default=100)
     model.add_argument("--finetune-lr", type=float, default=1e-1)
     model.add_argument("--chunk", type=int, default=100, help="tasks per compiled evaluation call")
-    model.add_argument("--seed", type=int, default=0)
     if parser.parse_args(argv).quick:  # quick settings replace the defaults, not explicit flags
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
@@ -124,67 +125,61 @@ def networks(args, ways: int):
     return hk.transform_with_state(body), hk.transform_with_state(full)
 
 
-def interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and the half-width of its normal-approximation 95% interval."""
-    values = np.asarray(values, np.float64)
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
-
-
 def pretrain(args, splits, body, progress):
+    """`(classifier, losses)`: the body and head trained as one classifier on the
+    meta-train classes, one `train_classifier` step per `fit` step."""
     optimizer = optax.adam(args.pretrain_lr)
     sample_batch = splits.batch_sampler("train", batch_size=args.pretrain_batch)
     rng = jax.random.PRNGKey(args.seed)
     classifier = metax.learner.init_classifier(
         rng, jax.jit(sample_batch)(rng).x, body=body, num_classes=splits.num_classes("train"), optimizer=optimizer
     )
-    chunk = max(1, min(100, args.pretrain_steps))
-    train = jax.jit(
-        lambda key, c, fn, steps: metax.learner.train_classifier(key, c, fn, body=body, steps=steps, optimizer=optimizer),
-        static_argnames="steps",
-    )
-    losses, done = [], 0
+
+    def step(classifier, key, sample_batch):
+        classifier, losses = metax.learner.train_classifier(key, classifier, sample_batch, body=body, steps=1, optimizer=optimizer)
+        return classifier, losses[0]
+
     with tqdm(total=args.pretrain_steps, desc="pre-train", disable=not progress) as bar:
-        while done < args.pretrain_steps:
-            steps = min(chunk, args.pretrain_steps - done)
-            classifier, chunk_losses = train(jax.random.fold_in(rng, done + 1), classifier, sample_batch, steps)
-            losses.extend(np.asarray(chunk_losses).tolist())
-            done += steps
-            bar.update(steps)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return classifier, losses
+        classifier, losses = metax.learner.fit(step, classifier, rng, args.pretrain_steps, sample_batch, first=1, chunk=100, progress=bar)
+    return classifier, losses.tolist()
 
 
 def held_out_tasks(args, splits, shots: int) -> metax.data.MetaDataset:
-    """The `args.tasks` held-out tasks: `--test-seed`'s, or with `--run-seed` those `metax
-    run` scores (keys from the run's seed, drawn in batches of `--run-eval-batch`)."""
+    """The `args.tasks` held-out tasks, drawn as `metax run` draws them in batches of
+    `--run-eval-batch`: with `--run-seed`, exactly the tasks the runner scores for a config
+    with that seed; otherwise from `PRNGKey(--test-seed)`."""
     sampler = splits.sampler("test", ways=args.ways, shots=shots, queries=args.queries)
-    if args.run_seed is not None:
-        key = metax.experiment.loop.run_keys(args.run_seed).eval_tasks
-        return metax.experiment.loop.sample_held_out(key, sampler, args.tasks, args.run_eval_batch)
-    return jax.jit(lambda key, fn: metax.data.sample_metabatch(key, fn, args.tasks))(
-        jax.random.PRNGKey(args.test_seed), sampler
-    )
+    loop = metax.experiment.loop
+    key = jax.random.PRNGKey(args.test_seed) if args.run_seed is None else loop.run_keys(args.run_seed).eval_tasks
+    return loop.sample_held_out(key, sampler, args.tasks, args.run_eval_batch)
+
+
+class Scored(NamedTuple):
+    """A baseline `fn(rng, tasks, classifier) -> per-task metrics` with `MetaLearner.eval`'s
+    signature, so the runner's `HeldOutEvaluator` batches and keys it like a meta-learner."""
+
+    fn: Callable
+
+    def eval(self, rng, classifier, tasks, steps, per_task):
+        return classifier, self.fn(rng, tasks, classifier)
 
 
 def evaluate(args, splits, classifier, body, network, shots, progress):
     """Per-task query accuracies of both baselines on the held-out tasks."""
     tasks = held_out_tasks(args, splits, shots)
-    scratch = jax.jit(functools.partial(
+    scratch = functools.partial(
         metax.learner.train_from_scratch, network=network, steps=args.scratch_steps, optimizer=optax.adam(args.scratch_lr)
-    ))
-    finetune = jax.jit(functools.partial(
+    )
+    finetune = functools.partial(
         metax.learner.finetune_head, body=body, ways=args.ways, steps=args.finetune_steps,
         optimizer=optax.adam(args.finetune_lr),
-    ))
-    accuracy = {"scratch": [], "finetune": []}
-    rng = jax.random.PRNGKey(args.seed + 1)
-    with tqdm(total=args.tasks, desc=f"{args.ways}-way {shots}-shot", disable=not progress) as bar:
-        for start in range(0, args.tasks, args.chunk):
-            chunk = jax.tree_util.tree_map(lambda a: a[start : start + args.chunk], tasks)
-            key = jax.random.fold_in(rng, start)
-            accuracy["scratch"].extend(np.asarray(scratch(key, chunk)["acc_outer"]).tolist())
-            accuracy["finetune"].extend(np.asarray(finetune(key, chunk, classifier)["acc_outer"]).tolist())
-            bar.update(chunk.train.x.shape[0])
+    )
+    baselines = {"scratch": lambda rng, tasks, _: scratch(rng, tasks), "finetune": finetune}
+    key = jax.random.PRNGKey(args.seed + 1)
+    accuracy = {}
+    for name, fn in tqdm(baselines.items(), desc=f"{args.ways}-way {shots}-shot", disable=not progress):
+        evaluator = HeldOutEvaluator(Scored(fn), tasks, steps=0, key=key, batch_size=args.chunk)
+        accuracy[name] = evaluator(classifier)["acc_outer"].tolist()
     return accuracy
 
 
@@ -198,13 +193,11 @@ def main(argv=None) -> dict:
     results = {}
     for shots in args.shots:
         accuracy = evaluate(args, splits, classifier, body, network, shots, progress)
-        results[f"{args.ways}way_{shots}shot"] = {
-            method: {"acc_mean": interval(acc)[0], "acc_ci95": interval(acc)[1], "acc_per_task": acc}
-            for method, acc in accuracy.items()
-        }
+        results[f"{args.ways}way_{shots}shot"] = entries = {}
         for method, acc in accuracy.items():
-            mean, half = interval(acc)
-            print(f"{args.ways}-way {shots}-shot {method:>8}: {100 * mean:.1f} +- {100 * half:.1f} %")
+            entry = interval(acc)
+            entries[method] = {"acc_mean": entry["mean"], "acc_ci95": entry["ci95"], "acc_per_task": acc}
+            print(f"{args.ways}-way {shots}-shot {method:>8}: {100 * entry['mean']:.1f} +- {100 * entry['ci95']:.1f} %")
     metrics = {
         "settings": {key: value for key, value in vars(args).items() if key not in ("out", "overwrite")},
         "splits": {split: list(splits.labels[split]) for split in metax.data.SPLITS},
