@@ -19,7 +19,6 @@
 Writes metrics.json, dataset.parquet and three plots to --out.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -29,37 +28,29 @@ import numpy as np
 
 import metax.dynamics as dyn
 from metax.experiment import refuse_overwrite, write_json_atomic
+from metax.experiment.args import comma_list, non_negative_int, positive_float, positive_int, study_parser
+from metax.experiment.plots import pyplot, save_figure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELD_OUT = "mlp-d2-w32-relu,mlp-d3-w48-tanh,mlp-d1-w24-relu,conv-d1-w12-relu,conv-d2-w12-relu"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/dynamics")
+    parser = study_parser(__doc__.splitlines()[0], "runs/dynamics", seed=None)
     parser.add_argument("--spec", default=os.path.join(HERE, "sweep.yaml"), help="the sweep spec (YAML)")
     parser.add_argument("--sweep-dir", default=None, help="sweep folder (default OUT/sweep); resumed if it exists")
-    parser.add_argument("--k", type=int, default=20, help="steps ahead the predictor forecasts the loss")
+    parser.add_argument("--k", type=positive_int, default=20, help="steps ahead the predictor forecasts the loss")
     parser.add_argument("--target-accuracy", type=float, default=0.9, help="the dataset's epochs-to-target threshold")
-    parser.add_argument("--predictor-steps", type=int, default=4000)
-    parser.add_argument("--held-out", default=HELD_OUT, help="comma list of architecture names (kind-dD-wW-activation)")
-    parser.add_argument("--seeds", default="100,101,102", help="seeds of the controller study")
+    parser.add_argument("--predictor-steps", type=positive_int, default=4000)
+    parser.add_argument("--held-out", type=comma_list(dyn.Architecture.from_name), default=HELD_OUT,
+                        help="comma list of architecture names (kind-dD-wW-activation)")
+    parser.add_argument("--seeds", type=comma_list(non_negative_int), default="100,101,102", help="seeds of the controller study")
     parser.add_argument("--optimizer", default="adam")
-    parser.add_argument("--base-lr", type=float, default=1e-3, help="the baseline's constant rate, the controller's start")
-    parser.add_argument("--epochs", type=int, default=10, help="the baseline's epochs (and the controller's budget)")
-    parser.add_argument("--interval", type=int, default=10, help="steps between controller decisions")
+    parser.add_argument("--base-lr", type=positive_float, default=1e-3, help="the baseline's constant rate, the controller's start")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="the baseline's epochs (and the controller's budget)")
+    parser.add_argument("--interval", type=positive_int, default=10, help="steps between controller decisions")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        args.held_out = [dyn.Architecture.from_name(name.strip()) for name in args.held_out.split(",") if name.strip()]
-        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError as error:
-        parser.error(str(error))
-    if not args.held_out or not args.seeds:
-        parser.error("--held-out and --seeds need at least one entry each")
-    if min(args.k, args.predictor_steps, args.epochs, args.interval) < 1 or args.base_lr <= 0:
-        parser.error("--k, --predictor-steps, --epochs, --interval and --base-lr must be positive")
     try:
         args.spec_obj = dyn.load_sweep_spec(args.spec)
     except (OSError, ValueError) as error:
@@ -241,11 +232,7 @@ def predictor_table(evaluation):
 
 def plot(args, config, predictor, val_rows, curves, summary):
     import jax
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(curves)
     fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.5), squeeze=False, sharex="col")
     for j, name in enumerate(names):
@@ -261,8 +248,7 @@ def plot(args, config, predictor, val_rows, curves, summary):
     axes[1, 0].set_ylabel("controller learning rate")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "loss_curves.png"), dpi=110)
-    plt.close(fig)
+    save_figure(fig, os.path.join(args.out, "loss_curves.png"), dpi=110)
 
     columns = dyn.predictor.table_columns(val_rows)
     out = np.asarray(jax.jit(lambda f: dyn.predict(config, predictor, f))(dyn.features(columns)))
@@ -279,8 +265,7 @@ def plot(args, config, predictor, val_rows, curves, summary):
     axes[1].plot([0, 1], [0, 1], "k--", lw=1)
     axes[1].set(xlabel="actual final val accuracy", ylabel="predicted", title="final accuracy (colour: epoch)")
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "predicted_vs_actual.png"), dpi=110)
-    plt.close(fig)
+    save_figure(fig, os.path.join(args.out, "predicted_vs_actual.png"), dpi=110)
 
     fig, ax = plt.subplots(figsize=(1.4 * len(summary) + 2, 3.6))
     xs = np.arange(len(summary))
@@ -291,8 +276,7 @@ def plot(args, config, predictor, val_rows, curves, summary):
     ax.set(ylabel="epochs to the baseline's 10-epoch val acc", ylim=(0, args.epochs + 0.5))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "epochs_to_target.png"), dpi=110)
-    plt.close(fig)
+    save_figure(fig, os.path.join(args.out, "epochs_to_target.png"), dpi=110)
 
 
 if __name__ == "__main__":

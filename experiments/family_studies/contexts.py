@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 import metax
+from metax.experiment.plots import pyplot, save_figure
 
 
 def main(argv=None) -> int:
@@ -40,11 +41,7 @@ def main(argv=None) -> int:
 
 
 def plot(contexts, families, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     finite = np.all(np.isfinite(contexts), axis=1)
     centred = contexts[finite] - contexts[finite].mean(axis=0)
     _, singular, directions = np.linalg.svd(centred, full_matrices=False)
@@ -58,8 +55,7 @@ def plot(contexts, families, path):
            title="adapted CAVIA contexts, held-out tasks")
     ax.legend(fontsize=7, markerscale=1.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

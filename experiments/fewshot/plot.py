@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from metax.experiment.io import write_json_atomic, write_text_atomic
+from metax.experiment.plots import pyplot, save_figure
 
 METHODS = {"maml": "MAML", "anil": "ANIL", "reptile": "Reptile", "cavia": "CAVIA"}
 BASELINES = {"scratch": "scratch (no meta-learning)", "finetune": "finetune (pre-train + new head)"}
@@ -73,11 +74,7 @@ def table(results: dict, shots: list[int]) -> str:
 
 
 def plot(results: dict, shots: list[int], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     methods = [m for m in {**BASELINES, **METHODS} if m in results]
     fig, axes = plt.subplots(1, len(shots), figsize=(4.2 * len(shots), 3.6), sharey=True, squeeze=False)
     for ax, k in zip(axes[0], shots):
@@ -98,8 +95,7 @@ def plot(results: dict, shots: list[int], path: str) -> None:
     axes[0][0].set_ylabel("query accuracy (%), 600 tasks, 95% CI")
     axes[0][0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:

@@ -45,6 +45,7 @@ from tqdm import tqdm
 import metax
 from metax.experiment import format_interval, markdown_table, refuse_overwrite, write_json_atomic
 from metax.experiment.args import comma_list, non_negative_float, non_negative_int, positive_float, positive_int, study_parser
+from metax.experiment.plots import pyplot, save_figure
 
 METHODS = ("gd", "momentum", "adam", "kernel")
 
@@ -293,11 +294,7 @@ def table(results, levels):
 
 
 def plot(results, levels, args, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.4), squeeze=False)
     colours = {"gd": "tab:gray", "momentum": "tab:blue", "adam": "tab:orange", "kernel": "tab:red"}
     steps = np.arange(args.steps + 1)
@@ -313,8 +310,7 @@ def plot(results, levels, args, path):
     axes[0][0].set_ylabel("f(z_t) - f*  (mean, 95% band)")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -- the study ------------------------------------------------------------------------------

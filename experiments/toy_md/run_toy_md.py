@@ -34,15 +34,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-import matplotlib
-
-matplotlib.use("Agg")
 if importlib.util.find_spec("metax") is None:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
-
 from metax.experiment import write_json_atomic  # noqa: E402
+from metax.experiment.plots import pyplot, save_figure  # noqa: E402
 from metax.tilt import (  # noqa: E402
     PC_SAMPLERS,
     SAMPLERS,
@@ -57,6 +52,9 @@ from metax.tilt import (  # noqa: E402
     validate_levels,
     validate_params,
 )
+
+plt = pyplot()  # the Agg backend, before matplotlib.animation loads
+from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 
 PROG = "run_toy_md.py"
 DEFAULT_OUT = os.path.join("runs", "toy_md")  # relative to the working directory, never the source tree
@@ -153,8 +151,7 @@ def plot_match(path, samples, weights, exact, base, bins, title, xlabel, gt=None
     ax.set(title=title, xlabel=xlabel, ylabel="density")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def write_anim(path, trace, frame_targets, exact, bins, title):
@@ -359,8 +356,7 @@ def _refresh_sweep(args, pc_names, key, tilt, config, out_floor, bar):
                    title=f"{kind} KL vs refresh ({args.beta_schedule}, K={args.K})")
             ax.legend(fontsize=7)
             fig.tight_layout()
-            fig.savefig(os.path.join(args.out, f"{kind}_kl_vs_refresh.png"), dpi=90)
-            plt.close(fig)
+            save_figure(fig, os.path.join(args.out, f"{kind}_kl_vs_refresh.png"), dpi=90)
     return sweep
 
 

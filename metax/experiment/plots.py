@@ -9,7 +9,15 @@ from metax.experiment.writers import read_jsonl
 from metax.utils.io import atomic_write, json_float
 
 
-def _pyplot():
+def pyplot():
+    """`matplotlib.pyplot` on the file-only Agg backend (no display needed), imported on
+    first use so that runs without plots never load matplotlib.
+
+    Example:
+      >>> from metax.experiment.plots import pyplot
+      >>> pyplot().get_backend().lower()
+      'agg'
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,9 +26,21 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig: Any, path: str, dpi: int = 120) -> str:
+    """Writes `fig` to `path` atomically (format from the extension, png by default),
+    closes it and returns `path`: an interrupted save never leaves half an image.
+
+    Example:
+      >>> import os, tempfile
+      >>> from metax.experiment.plots import pyplot, save_figure
+      >>> fig, ax = pyplot().subplots()
+      >>> path = save_figure(fig, os.path.join(tempfile.mkdtemp(), "line.png"), dpi=50)
+      >>> os.path.getsize(path) > 0, pyplot().fignum_exists(fig.number)
+      (True, False)
+    """
     with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, dpi=120, format=os.path.splitext(path)[1][1:] or "png")
+        fig.savefig(handle, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png")
+    pyplot().close(fig)
     return path
 
 
@@ -37,7 +57,7 @@ def plot_learning_curves(out: str) -> Optional[str]:
     evals = read_jsonl(os.path.join(out, "eval.jsonl"))
     if not rows and not evals:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     metrics = [m for m in ("loss_outer", "acc_outer") if evals and m in evals[-1]] or ["loss_outer"]
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.6 * (len(metrics) + 1), 3.5))
     steps, values = _series(rows, "loss_outer")
@@ -62,8 +82,7 @@ def plot_learning_curves(out: str) -> Optional[str]:
             ax.errorbar(e_steps, e_values, yerr=np.nan_to_num(half), marker="o", ms=3, capsize=2, color="C1")
         ax.set(xlabel="meta-step", ylabel=f"held-out {metric} (95% CI)", title="held-out tasks")
     fig.tight_layout()
-    path = _save(fig, os.path.join(out, "learning_curves.png"))
-    plt.close(fig)
+    path = save_figure(fig, os.path.join(out, "learning_curves.png"))
     return path
 
 
@@ -98,7 +117,7 @@ def plot_fits(out: str, learner: Any, meta_state: Any, held_out: Any, steps: int
         return jax.vmap(start)(tasks.train.x), jax.vmap(predict)(state, params)
 
     before, after = curves(key, meta_state, tasks)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, num_tasks, figsize=(3.4 * num_tasks, 3.0), squeeze=False)
     for i, ax in enumerate(axes[0]):
         ax.plot(tasks.test.x[i, :, 0], tasks.test.y[i, :, 0], ".", color="0.6", ms=4, label="query")
@@ -108,8 +127,7 @@ def plot_fits(out: str, learner: Any, meta_state: Any, held_out: Any, steps: int
         ax.set(title=f"held-out task {i}", xlabel="x")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path = _save(fig, os.path.join(out, "fits.png"))
-    plt.close(fig)
+    path = save_figure(fig, os.path.join(out, "fits.png"))
     return path
 
 
@@ -124,7 +142,7 @@ def plot_run(out: str, *, learner: Any = None, meta_state: Any = None, held_out:
 
 def plot_comparison(groups: Sequence[dict], metric: str, path: str) -> str:
     """Bars with 95% intervals per run group, the seed means as dots."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(groups) + 1.5), 3.6))
     xs = np.arange(len(groups))
     means = [g[metric]["mean"] for g in groups]
@@ -136,6 +154,5 @@ def plot_comparison(groups: Sequence[dict], metric: str, path: str) -> str:
     ax.set_xticks(xs, [g["label"] for g in groups], rotation=30, ha="right", fontsize=8)
     ax.set(ylabel=f"held-out {metric} (95% CI)", title="comparison (dots: seed means)")
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
