@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from metax.experiment import markdown_table
 from metax.experiment.io import write_json_atomic, write_text_atomic
 from metax.experiment.plots import pyplot, save_figure
 
@@ -63,14 +64,12 @@ def collect(folder: str, shots: list[int]) -> dict:
 
 def table(results: dict, shots: list[int]) -> str:
     header = ["method"] + [f"5-way {k}-shot" for k in shots] + [f"before meta-training, {k}-shot" for k in shots]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for method, label in {**BASELINES, **METHODS}.items():
-        if method not in results:
-            continue
-        row = [label] + [_cell(results[method].get(k, {}).get("after")) for k in shots]
-        row += [_cell(results[method].get(k, {}).get("before")) if method in METHODS else "" for k in shots]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        if method in results:
+            row = [label] + [_cell(results[method].get(k, {}).get("after")) for k in shots]
+            rows.append(row + [_cell(results[method].get(k, {}).get("before")) if method in METHODS else "" for k in shots])
+    return markdown_table(header, rows)
 
 
 def plot(results: dict, shots: list[int], path: str) -> None:
