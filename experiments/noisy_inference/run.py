@@ -35,7 +35,6 @@ import os
 import sys
 import time
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,36 +103,10 @@ def load_images(args, parser):
     return train, held_out[: args.eval_images], "sklearn_digits"
 
 
-def make_vae(pixels, latent_dim, hidden):
-    """Haiku pure functions `(elbo_terms, encode, decode)` sharing one set of params."""
-
-    def build():
-        encoder = hk.nets.MLP([hidden, hidden, 2 * latent_dim], name="encoder")
-        decoder = hk.nets.MLP([hidden, hidden, pixels], name="decoder")  # Bernoulli logits
-
-        def encode(x):
-            mu, log_var = jnp.split(encoder(x), 2, axis=-1)
-            return mu, log_var
-
-        def elbo_terms(x, rng):
-            mu, log_var = encode(x)
-            z = mu + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mu.shape)
-            nll = jnp.sum(optax.sigmoid_binary_cross_entropy(decoder(z), x), axis=-1)
-            kl = 0.5 * jnp.sum(jnp.exp(log_var) + mu**2 - 1.0 - log_var, axis=-1)
-            return nll, kl
-
-        def init(x):
-            return decoder(encode(x)[0])
-
-        return init, (elbo_terms, encode, decoder)
-
-    return hk.without_apply_rng(hk.multi_transform(build))
-
-
 def train_vae(rng, train, args):
     """Adam on the negative ELBO (batches of 128); returns the params, the pure functions
     and the last loss."""
-    vae = make_vae(train.shape[1], args.latent_dim, args.hidden)
+    vae = metax.models.bernoulli_vae(train.shape[1], args.latent_dim, args.hidden)
     rng_init, rng_train = jax.random.split(rng)
     data = jnp.asarray(train)
     params = vae.init(rng_init, data[:2])

@@ -11,10 +11,13 @@ from metax.models.mlp import MultilayerPerceptron
 from metax.models.mlp import mlp_fn
 from metax.models.norm import BATCH_NORM_POLICIES
 from metax.models.norm import BatchNorm
+from metax.models.vae import BernoulliVAE
+from metax.models.vae import bernoulli_vae
 
 __all__ = [
     "BATCH_NORM_POLICIES",
     "BatchNorm",
+    "BernoulliVAE",
     "CONV_IMPLS",
     "Conv2D",
     "Conv4",
@@ -22,6 +25,7 @@ __all__ = [
     "Linear",
     "LinearBlock",
     "MultilayerPerceptron",
+    "bernoulli_vae",
     "conv2d",
     "mlp_fn",
 ]
