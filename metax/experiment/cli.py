@@ -377,7 +377,7 @@ def _read_summary(path: str) -> dict:
 
 
 def _train(config, experiment, out, resuming, progress, debug_nans, plots, accepted=None):
-    from metax.experiment.loop import train
+    from metax.experiment.trainer import train
 
     return train(
         experiment.learner,

@@ -297,12 +297,3 @@ class _DebugNaNSteps:
                 where = f"; the first bad operation is at {frame.filename}:{frame.lineno}: {frame.line}"
             error = eager_error
         return f"{self.name}: non-finite value at meta-step {index} ({self.learner}): {error}{where}."
-
-
-def __getattr__(name: str):
-    # `train` moved to metax.experiment.trainer (which imports this module); old imports still work.
-    if name == "train":
-        from metax.experiment.trainer import train
-
-        return train
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
