@@ -100,7 +100,7 @@ def time_runner_and_per_step(learner, sample_task, meta_batch: int, windows: int
                              seed: int = 0) -> dict:
     """Times a learner two ways on tasks from `sample_task`, in the same process:
 
-    - runner: the compiled chunk of `metax.experiment.train` (`loop.make_chunk`, compiled
+    - runner: the compiled chunk of `metax.experiment.train` (`Trainer.compile`: compiled
       once, a `lax.while_loop` over meta-steps with tasks drawn on the device);
     - per-step: `jax.jit(learner.update)` called once per meta-step, each meta-batch drawn
       by a jitted sampler (what a user's own Python loop gets).
@@ -113,35 +113,30 @@ def time_runner_and_per_step(learner, sample_task, meta_batch: int, windows: int
     import numpy as np
 
     from metax.data import sample_metabatch
-    from metax.experiment import loop
+    from metax.experiment import Trainer, loop
 
     keys = loop.run_keys(seed)
     carried = isinstance(sample_task, jax.tree_util.Partial)  # data-carrying samplers are arguments
     draw = jax.jit(lambda k, s: sample_metabatch(k, s, meta_batch)) if carried else \
         jax.jit(lambda k, s: sample_metabatch(k, sample_task, meta_batch))
     sampler_arg = sample_task if carried else None
-    meta_state = learner.reset(keys.reset, jax.jit(lambda k, s: (s if carried else sample_task)(k))(keys.data, sampler_arg).train.x)
-    batch_shape = jax.eval_shape(lambda k: sample_metabatch(k, sample_task, meta_batch), keys.data)
-    probe = jax.eval_shape(learner.update, keys.update, meta_state, batch_shape)[1]
-    watch = loop._watched(probe, None)
-    out = {}
 
-    # Runner: one compilation for every chunk length; the buffer bounds a window's length.
-    buffer = loop.MAX_CHUNK
-    run_chunk = loop.make_chunk(learner, sample_task, meta_batch, keys, buffer, watch, probe)
-    start = time.perf_counter()
-    compiled = jax.jit(run_chunk, donate_argnums=0).lower(meta_state, np.int32(0), np.int32(1), sampler_arg).compile()
-    out["runner_compile"] = time.perf_counter() - start
+    # Runner: the chunk `metax run` compiles, one program for every chunk length; its
+    # buffer (steps) bounds a window's length.
+    trainer = Trainer(learner, sample_task, steps=loop.MAX_CHUNK, meta_batch_size=meta_batch, seed=seed, eval_tasks=2,
+                      progress=False).compile()
+    meta_state, compiled, buffer = trainer.meta_state, trainer.compiled, trainer.buffer
+    out = {"runner_compile": trainer.compile_seconds}
     state = {"meta": jax.tree_util.tree_map(lambda x: x.copy() if hasattr(x, "copy") else x, meta_state)}
     for _ in range(2):  # the first call still pays one-time costs: calibrate on the second
         tick = time.perf_counter()
-        state["meta"] = jax.block_until_ready(compiled(state["meta"], np.int32(0), np.int32(2), sampler_arg)[0])
+        state["meta"] = jax.block_until_ready(compiled(state["meta"], np.int32(0), np.int32(2))[0])
         per_step_s = (time.perf_counter() - tick) / 2
     steps = int(max(2, min(buffer, target_seconds / max(per_step_s, 1e-6))))
     out["steps"] = steps
 
     def run_runner():
-        state["meta"] = jax.block_until_ready(compiled(state["meta"], np.int32(0), np.int32(steps), sampler_arg)[0])
+        state["meta"] = jax.block_until_ready(compiled(state["meta"], np.int32(0), np.int32(steps))[0])
 
 
     # One jitted update per meta-step.

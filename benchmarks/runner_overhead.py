@@ -42,7 +42,7 @@ def loops(learner, sample, meta_batch, keys, chunk, shapes, watch):
             def body(carry):
                 i, meta_state, stacked, _ = carry
                 meta_state, metrics = step(meta_state, start + i)
-                finite = loop._all_finite(meta_state.hparams) if check_hparams else jnp.array(True)
+                finite = loop.all_finite(meta_state.hparams) if check_hparams else jnp.array(True)
                 for name in watch:
                     finite = finite & jnp.all(jnp.isfinite(metrics[name]))
                 return i + 1, meta_state, write(stacked, i, metrics), finite

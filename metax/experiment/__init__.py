@@ -8,6 +8,8 @@ summary, plots).
 # The built-in names register on import, before anything can look one up or a plugin can
 # register beside them (the registry itself imports no registrations).
 from metax.experiment import builtins  # noqa: F401
+from metax.experiment.actions import Chunk
+from metax.experiment.actions import PeriodicAction
 from metax.experiment.build import Experiment
 from metax.experiment.build import build
 from metax.experiment.components import ModelFactory
@@ -19,7 +21,8 @@ from metax.experiment.io import save_npz_atomic
 from metax.experiment.io import write_json_atomic
 from metax.experiment.loop import HeldOutEvaluator
 from metax.experiment.loop import TrainResult
-from metax.experiment.loop import train
+from metax.experiment.loop import all_finite
+from metax.experiment.loop import watched_metrics
 from metax.experiment.registry import load_plugin
 from metax.experiment.run import Run
 from metax.experiment.run import open_run
@@ -35,8 +38,11 @@ from metax.experiment.schema import parse_config
 from metax.experiment.stats import format_interval
 from metax.experiment.stats import interval
 from metax.experiment.stats import markdown_table
+from metax.experiment.trainer import Trainer
+from metax.experiment.trainer import train
 
 __all__ = [
+    "Chunk",
     "ConfigError",
     "Experiment",
     "ExperimentConfig",
@@ -44,12 +50,15 @@ __all__ = [
     "ModelFactory",
     "NonNegativeFloat",
     "NonNegativeInt",
+    "PeriodicAction",
     "PositiveFloat",
     "PositiveInt",
     "Run",
     "RunError",
     "TaskSpec",
     "TrainResult",
+    "Trainer",
+    "all_finite",
     "build",
     "format_interval",
     "interval",
@@ -63,5 +72,6 @@ __all__ = [
     "registry",
     "save_npz_atomic",
     "train",
+    "watched_metrics",
     "write_json_atomic",
 ]

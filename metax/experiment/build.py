@@ -117,7 +117,7 @@ def trace(experiment: Experiment) -> None:
     """
     learner = experiment.learner
     config = experiment.config
-    from metax.experiment.loop import _mesh, _watched
+    from metax.experiment.loop import _mesh, watched_metrics
 
     _mesh(config.train.devices, config.train.meta_batch_size)  # device count and split, before any run
     try:
@@ -129,7 +129,11 @@ def trace(experiment: Experiment) -> None:
         sample_input = jax.ShapeDtypeStruct(batch.train.x.shape[1:], batch.train.x.dtype)
         meta_state = jax.eval_shape(learner.reset, jax.random.PRNGKey(0), sample_input)
         metrics = jax.eval_shape(learner.update, jax.random.PRNGKey(0), meta_state, batch)[1]
-        _watched(metrics, config.train.check_finite)  # the names `run` checks, checked by `validate` too
+        watched_metrics(metrics, config.train.check_finite)  # the names `run` checks, checked by `validate` too
+        if config.train.tensorboard:  # its package, before `run` starts
+            from metax.experiment.actions import summary_writer_class
+
+            summary_writer_class()
     except ConfigError:
         raise
     except Exception as error:  # the library's own message, attributed to the config

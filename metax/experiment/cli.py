@@ -210,7 +210,8 @@ def _untrained(out: str, entries: list[str]) -> bool:
     checkpoints = os.path.join(out, "checkpoints")
     if os.path.isdir(checkpoints) and any(not n.endswith(".tmp") and ".tmp-" not in n for n in os.listdir(checkpoints)):
         return False
-    known = {"config.yaml", "checkpoints", "metrics.jsonl", "metrics.csv", "eval.jsonl", "eval.csv", "run_log.jsonl"}
+    known = {"config.yaml", "checkpoints", "metrics.jsonl", "metrics.csv", "eval.jsonl", "eval.csv", "run_log.jsonl",
+             "timing.jsonl", "timing.csv", "tensorboard", "profile"}
     empty = lambda name: not os.path.exists(os.path.join(out, name)) or os.path.getsize(os.path.join(out, name)) == 0
     return set(entries) <= known and empty("metrics.jsonl") and not ckpt.list_checkpoints(checkpoints)
 
@@ -376,7 +377,7 @@ def _read_summary(path: str) -> dict:
 
 
 def _train(config, experiment, out, resuming, progress, debug_nans, plots, accepted=None):
-    from metax.experiment.loop import train
+    from metax.experiment.trainer import train
 
     return train(
         experiment.learner,
@@ -403,6 +404,8 @@ def _train(config, experiment, out, resuming, progress, debug_nans, plots, accep
         plots=plots,
         plot_tasks=config.eval.plot_tasks,
         devices=config.train.devices,
+        tensorboard=config.train.tensorboard,
+        profile_chunks=config.train.profile_chunks,
     )
 
 

@@ -6,7 +6,8 @@ the folder, except for changes that leave every step already taken valid:
 - `train.steps` larger: a finished run is extended, an unfinished one goes further;
 - learning rates (any `...learning_rate` key), but only after the run stopped on a
   non-finite value (recorded in its `run_log.jsonl`): resuming with the same rate would
-  replay the same steps and meet the same failure.
+  replay the same steps and meet the same failure;
+- what is recorded beside the numbers (`train.tensorboard`, `train.profile_chunks`).
 
 Accepted changes are written into the folder's `config.yaml` and recorded in its log;
 any other difference is refused, naming the key.
@@ -20,6 +21,9 @@ from metax.experiment.errors import ConfigError
 from metax.experiment.folders import read_events
 
 STEPS_KEY = "train.steps"
+# What a run records beside its numbers, not what it computes: free to change on resume,
+# and not in the fingerprint (so folders written before these keys existed still resume).
+OBSERVING_KEYS = ("train.tensorboard", "train.profile_chunks")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict:
@@ -55,7 +59,7 @@ def fingerprints(config: dict, recorded: Optional[dict] = None) -> tuple[str, ..
     recorded config, which older metax versions wrote."""
     import yaml
 
-    changeable = lambda path: path in (STEPS_KEY, "plugins") or _is_rate(path)  # plugins: where, not what
+    changeable = lambda path: path in (STEPS_KEY, "plugins", *OBSERVING_KEYS) or _is_rate(path)  # plugins: where, not what
     stable = {path: value for path, value in _flatten(config).items() if not changeable(path)}
     found = [hashlib.sha256(repr(sorted(stable.items())).encode()).hexdigest()[:16]]
     if recorded is not None:
@@ -76,10 +80,10 @@ def resume_changes(folder: str, recorded: dict, wanted: dict) -> list[dict]:
     accepted, refused = [], []
     for path in sorted(set(old) | set(new)):
         a, b = old.get(path, "<unset>"), new.get(path, "<unset>")
-        if a == b or (path == "plugins" and _same_files(a, b)):
-            continue
+        if a == b or (path == "plugins" and _same_files(a, b)) or (path in OBSERVING_KEYS and a == "<unset>" and not b):
+            continue  # (a folder from before the observing keys: their defaults)
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
-        if path == STEPS_KEY and numbers and b > a:
+        if (path == STEPS_KEY and numbers and b > a) or path in OBSERVING_KEYS:
             accepted.append({"key": path, "from": a, "to": b})
         elif _is_rate(path) and numbers and after_nonfinite:
             accepted.append({"key": path, "from": a, "to": b})

@@ -302,6 +302,8 @@ class TrainConfig:
     keep_checkpoints: PositiveInt = 3  # how many of the newest checkpoints stay on disk
     check_finite: Optional[list[str]] = None  # metrics that must stay finite; None: the learner's defaults
     devices: PositiveInt = 1  # split each meta-batch over this many devices (a mesh with a task axis)
+    tensorboard: bool = False  # also write metrics as TensorBoard scalars to RUN/tensorboard/ (needs tensorboardX)
+    profile_chunks: NonNegativeInt = 0  # jax.profiler trace of this many chunks, from the second, to RUN/profile/
 
 
 @dataclasses.dataclass
