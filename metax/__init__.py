@@ -1,5 +1,9 @@
 """metax: a functional meta-learning framework in JAX and Haiku."""
 
+from metax import _interrupts
+
+_interrupts.begin()  # a Ctrl-C during the imports below is not lost (see metax/_interrupts.py)
+
 # Any order works: each floor imports the floors it builds on itself (the runner,
 # `experiment`, imports the library; nothing in the library imports the runner).
 from metax import data
@@ -13,6 +17,8 @@ from metax import module
 from metax import parallel
 from metax import tilt
 from metax import utils
+
+_interrupts.end()
 
 __version__ = "0.1.0"
 

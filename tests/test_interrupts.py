@@ -1,0 +1,53 @@
+"""A Ctrl-C while metax is imported stops the program, even where Python swallows it."""
+
+import signal
+
+import pytest
+
+from metax import _interrupts
+
+
+class _SwallowsAnInterrupt:
+    """Like JAX's garbage-collection callback: an exception raised while it runs is
+    reported as "Exception ignored" and dropped."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(100):  # the handler runs between these bytecodes, inside __del__
+            pass
+
+
+@pytest.fixture
+def default_sigint():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh `python`
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_swallowed_interrupt_is_raised_again_when_the_import_ends(default_sigint):
+    _interrupts.begin()
+    _SwallowsAnInterrupt()  # its KeyboardInterrupt is dropped here, as in the real import
+    with pytest.raises(KeyboardInterrupt, match="while metax was being imported"):
+        _interrupts.end()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_without_an_interrupt_the_import_ends_quietly_and_restores_the_handler(default_sigint):
+    _interrupts.begin()
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    _interrupts.end()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_program_s_own_handler_is_left_alone():
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        _interrupts.begin()
+        assert signal.getsignal(signal.SIGINT) is mine
+        _interrupts.end()
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
