@@ -4,6 +4,11 @@ The model's energies (`energy`, `inner_loss`, `query_energy`), the one inner loo
 (`descend`, a single `lax.scan` of an optax optimiser, which `adapt` runs on a support
 set) and the outer loss (`outer_loss`: adapt from the module's starting params, then
 score the query set). `MetaLearner` inherits them; a learner's `grad` is built from them.
+
+The loop is the gradient-based task adaptation of Finn, Abbeel, Levine, "Model-Agnostic
+Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017,
+https://arxiv.org/abs/1703.03400, with any optax optimiser (or a learned one) in place of
+SGD.
 """
 
 from typing import Callable, NamedTuple, Optional
