@@ -77,6 +77,10 @@ class LearnedKernel(ModelAgnosticMetaLearning):
       es_kwargs: ES only: `population_size` (even; default 16), `sigma_init` (the
         perturbation std, default 0.1) or `std_schedule`, `fitness_shaping_fn`.
 
+    The estimator is chosen once, here: `gradient_estimator` is a `Backprop` or an
+    `UnrolledES` (`metax.learner.unrolled_es`), and `reset` / `update` only call its
+    `init` / `update`.
+
     Example:
       >>> kernel = metax.kernel.CoordinatewiseKernel(hidden_sizes=(16,), step_size=0.01)
       >>> learner = metax.learner.LearnedKernel(meta_model, None, 20, kernel, optax.adam(1e-3), truncation=10)
