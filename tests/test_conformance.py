@@ -319,7 +319,7 @@ def fitness_by_hand(learner, optimizer, state, batch, rng):
     """Every member's mean query loss over the tasks, adapted by the hand-written loop
     (vmapped over members and tasks: the loop itself is the independent part)."""
     rng_ask, _, _ = jax.random.split(rng, 3)
-    population, _ = learner.gradient_estimator.engine.strategy(state.hparams).ask(rng_ask, *state.optim)
+    population, _ = learner.engine.strategy(state.hparams).ask(rng_ask, *state.optim)
 
     def member_on_task(h, t):
         params = by_hand_loop(learner, optimizer, h, state.hstate, t.train, start(learner, h, state.hstate, t.train)[0], STEPS)[-1]
