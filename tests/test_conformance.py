@@ -340,23 +340,23 @@ def pes_by_hand(learner, optimizer, state, batch, rng):
     The noise eps^s is read from the strategy's `ask` as population minus its mean (evosax
     adds the same noise to any mean), with the keys `update` splits for segment s."""
     flat_start, unravel = ravel_pytree(state.hparams)
-    members = learner.engine.strategy(state.hparams).population_size
+    members = learner.gradient_estimator.engine.strategy(state.hparams).population_size
 
     def one_segment(h, t, params):  # one member on one task: `unroll` steps on, then the query loss
-        params = by_hand_loop(learner, optimizer, h, state.hstate, t.train, params, learner.unroll)[-1]
+        params = by_hand_loop(learner, optimizer, h, state.hstate, t.train, params, learner.gradient_estimator.unroll)[-1]
         return params, query_loss(learner, h, state.hstate, params, t.test)
 
     mean, accumulated, ends = flat_start, 0.0, None
-    for segment, rng_segment in enumerate(jax.random.split(rng, learner.segments)):
+    for segment, rng_segment in enumerate(jax.random.split(rng, learner.gradient_estimator.segments)):
         rng_ask, _, _ = jax.random.split(rng_segment, 3)
-        population, _ = learner.engine.ask(rng_ask, state.optim, state.hparams)
+        population, _ = learner.gradient_estimator.engine.ask(rng_ask, state.optim, state.hparams)
         noise = jax.vmap(lambda member: ravel_pytree(member)[0])(population) - flat_start
         accumulated = accumulated + noise
         hparams = jax.vmap(unravel)(mean + noise)
         if segment == 0:  # every member starts afresh on every task
             ends = jax.vmap(jax.vmap(lambda h, t: start(learner, h, state.hstate, t.train)[0], (None, 0)), (0, None))(hparams, batch)
         ends, losses = jax.vmap(jax.vmap(one_segment, (None, 0, 0)), (0, None, 0))(hparams, batch, ends)
-        fitness = jnp.mean(losses, axis=1) / learner.segments
+        fitness = jnp.mean(losses, axis=1) / learner.gradient_estimator.segments
         half = members // 2
         estimate = (fitness[:half] - fitness[half:]) @ accumulated[:half] / (PES_SIGMA**2 * members)
         mean = mean - estimate

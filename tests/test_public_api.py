@@ -45,9 +45,10 @@ def test_metax_constructor_signatures(path, expected):
     params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
     positional = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
     assert positional[: len(expected)] == expected
-    # Anything added after metax's arguments is keyword-only or has a default.
+    # Anything added after metax's arguments is keyword-only (or **options passed on to the
+    # base's keyword-only arguments) or has a default.
     for p in params[len(expected):]:
-        assert p.kind == p.KEYWORD_ONLY or p.default is not p.empty, f"{path}: {p.name}"
+        assert p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) or p.default is not p.empty, f"{path}: {p.name}"
     assert cls.__doc__ and len(cls.__doc__.strip()) > 20, f"{path} lacks a docstring"
 
 

@@ -13,111 +13,30 @@ Exit status: 0 done; 2 bad input (a config, an argument, a folder), with a one-p
 message and no traceback unless `--debug`; 3 a run stopped on a non-finite value; 130 /
 143 stopped by SIGINT / SIGTERM after saving a checkpoint (the message prints the
 `metax resume` command that continues it).
+
+This module holds the entry point (`main`) and `run` / `resume` / `validate`; the parser
+is in `metax.experiment.parser`, the other commands in `evaluate` (eval, plot),
+`compare` and `commands` (list, sweep), and the run folder's preparation in `run_folder`.
 """
 
-import argparse
 import dataclasses
-import hashlib
 import os
 import shutil
 import sys
 import traceback
 from typing import Optional, Sequence
 
+from metax.experiment.commands import command_list, command_sweep
+from metax.experiment.compare import command_compare, compare_runs
 from metax.experiment.errors import ConfigError, RunError
-from metax.experiment.signals import Interrupted, install_handlers
+from metax.experiment.evaluate import _draw_plots, command_eval, command_plot
+from metax.experiment.parser import _parser
+from metax.experiment.run_folder import _prepare_folder
+from metax.experiment.signals import install_handlers
 
 EXIT_USAGE = 2
 EXIT_RUN = 3
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises ConfigError instead of exiting, so `main` owns exit codes."""
-
-    def error(self, message):
-        raise ConfigError(f"{self.prog}: {message}")
-
-
-def _version() -> str:
-    """The installed package's version (the source tree's pyproject when not installed)."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        return version("metax")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="metax", description="Run and compare metax meta-learning experiments.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--version", action="version", version=f"metax {_version()}", help="print metax's version and exit")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    run = commands.add_parser("run", help="meta-train from a YAML config")
-    run.add_argument("config", help="YAML config file (see configs/)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set train.steps=100 (repeatable)")
-    run.add_argument("--out", help="run folder (default runs/<config name>)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    run.add_argument("--seeds", type=int, default=1, help="run seeds seed, seed+1, ... into --out/seed-<k> and compare them")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--no-plots", action="store_true", help="write no plots (metax plot RUN_DIR draws them later)")
-    run.add_argument("--debug-nans", action="store_true", help="step by step with jax_debug_nans, to find the first bad operation")
-    run.add_argument("--devices", type=int, help="split each meta-batch over N devices (same as --set train.devices=N)")
-    run.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: the address of process 0 (jax.distributed)")
-    run.add_argument("--num-processes", type=int, help="multi-host: how many processes take part")
-    run.add_argument("--process-id", type=int, help="multi-host: this process's index (0 writes the files)")
-    run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    resume = commands.add_parser("resume", help="continue a run folder (or a --seeds folder) with its own config")
-    resume.add_argument("run_dir", help="a folder written by `metax run`")
-    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a safe change: train.steps=N (more steps), or learning rates after a non-finite stop")
-    for flag, text in (("--no-progress", "no progress bar"), ("--no-plots", "write no plots"),
-                       ("--debug-nans", "step by step with jax_debug_nans")):
-        resume.add_argument(flag, action="store_true", help=text)
-    resume.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    evaluate = commands.add_parser("eval", help="score a run's newest checkpoint on held-out tasks")
-    evaluate.add_argument("run_dir", help="a run folder written by metax run")
-    evaluate.add_argument("--tasks", type=int, help="held-out tasks (default: the run's eval.tasks)")
-    evaluate.add_argument("--steps", type=int, help="adaptation steps (default: the run's eval steps)")
-    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
-                          help="score other held-out tasks, e.g. --set eval.task.ways=20 --set eval.task.held_out=test")
-    evaluate.add_argument("--omniglot-runs", metavar="PATH",
-                          help="score Lake et al.'s 20 one-shot runs (all_runs.zip or its folder) instead of held-out tasks")
-    evaluate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    plot = commands.add_parser("plot", help="draw a run's learning curves and fits")
-    plot.add_argument("run_dir", help="a run folder written by metax run")
-    plot.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    validate = commands.add_parser("validate", help="check a config without running it")
-    validate.add_argument("config", help="YAML config file (see configs/)")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a config key, as for metax run (repeatable)")
-    validate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    listing = commands.add_parser("list", help="registered learners, modules, tasks, models, optimizers, kernels")
-    listing.add_argument("kind", nargs="?", help="one kind (default: all)")
-    listing.add_argument("--plugin", action="append", default=[], help="also load this plugin file (repeatable)")
-    listing.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    sweep = commands.add_parser("sweep", help="train a grid of small classifiers and log their dynamics (metax.dynamics)")
-    sweep.add_argument("spec", help="YAML sweep spec (see experiments/dynamics/sweep.yaml)")
-    sweep.add_argument("--out", help="sweep folder (default runs/<spec name>)")
-    sweep.add_argument("--resume", action="store_true", help="skip the runs the folder already holds")
-    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sweep.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    compare = commands.add_parser("compare", help="held-out metrics of several runs with 95%% intervals")
-    compare.add_argument("run_dirs", nargs="+", help="run folders, or folders of seed runs")
-    compare.add_argument("--out", help="a new or empty folder for compare.md / .json / .png (default: print only)")
-    compare.add_argument("--metric", help="metric to plot (default acc_outer if present, else loss_outer)")
-    compare.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    return parser
 
 
 def enable_compilation_cache() -> Optional[str]:
@@ -200,79 +119,6 @@ def fingerprint(config) -> str:
     from metax.experiment.resume import fingerprints
 
     return fingerprints(config.to_dict())[0]
-
-
-def _untrained(out: str, entries: list[str]) -> bool:
-    """A run that ended before its first checkpoint or metric row (a crash, a kill, a bad
-    setting found late): nothing in it is worth keeping, so a rerun may start it afresh."""
-    from metax.experiment import checkpoint as ckpt
-
-    checkpoints = os.path.join(out, "checkpoints")
-    if os.path.isdir(checkpoints) and any(not n.endswith(".tmp") and ".tmp-" not in n for n in os.listdir(checkpoints)):
-        return False
-    known = {"config.yaml", "checkpoints", "metrics.jsonl", "metrics.csv", "eval.jsonl", "eval.csv", "run_log.jsonl",
-             "timing.jsonl", "timing.csv", "tensorboard", "profile"}
-    empty = lambda name: not os.path.exists(os.path.join(out, name)) or os.path.getsize(os.path.join(out, name)) == 0
-    return set(entries) <= known and empty("metrics.jsonl") and not ckpt.list_checkpoints(checkpoints)
-
-
-def _prepare_folder(out: str, config, resume: bool) -> tuple[bool, Optional[dict]]:
-    """Checks that `out` may receive this run and writes its config.yaml (the caller
-    holds the folder's lock).
-
-    Returns:
-      `(resuming, recorded)`: True and the recorded config if it holds a run of this
-      config to resume (with accepted changes written into its config.yaml and log),
-      False and None for a new run.
-
-    Raises:
-      ConfigError: if `out` is a file, holds another run (or other files), or cannot be
-        written; nothing in it is changed.
-    """
-    import yaml
-
-    from metax.experiment.folders import contents, log_event
-    from metax.experiment.io import write_text_atomic
-    from metax.experiment.resume import resume_changes
-    from metax.experiment.schema import dump_config
-
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"--out {out} is a file; give a folder for the run.")
-    existing = contents(out)
-    config_path = os.path.join(out, "config.yaml")
-    if existing and _untrained(out, existing):
-        for name in existing:  # only files a run writes, none with a step in it
-            path = os.path.join(out, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-        print(f"{out}: the run recorded there ended before its first step; starting it afresh.")
-        existing = []
-    if existing:
-        if not os.path.exists(config_path):
-            raise ConfigError(f"--out {out} is not empty and holds no metax run; choose a new or empty folder.")
-        try:
-            with open(config_path) as handle:
-                previous = yaml.safe_load(handle)
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{config_path} cannot be read ({error}); choose another --out.") from error
-        if not isinstance(previous, dict):
-            raise ConfigError(f"{config_path} is not a metax run config; choose another --out.")
-        if not resume:
-            raise ConfigError(
-                f"--out {out} holds a run of {previous.get('name', '?')!r}; pass --resume to continue it, "
-                "or choose another --out (nothing was changed)."
-            )
-        changes = resume_changes(out, previous, config.to_dict())
-        if changes:
-            write_text_atomic(config_path, dump_config(config))
-            log_event(out, "resume", changes=changes)
-            print(f"{out}: resuming with " + ", ".join(f"{c['key']} {c['from']} -> {c['to']}" for c in changes))
-        return True, previous
-    try:
-        os.makedirs(out, exist_ok=True)
-        write_text_atomic(config_path, dump_config(config))
-    except OSError as error:
-        raise ConfigError(f"cannot write the run folder {out}: {error.strerror or error}; choose a writable --out.") from error
-    return False, None
 
 
 def _load(path: str, overrides: Sequence[str]):
@@ -544,111 +390,7 @@ def _interrupted(error: KeyboardInterrupt) -> int:
     return code
 
 
-def _draw_plots(run_dir: str) -> list[str]:
-    """Draws a run folder's plots from its newest checkpoint; returns their paths."""
-    from metax.experiment import plots
-    from metax.experiment.loop import sample_held_out
-
-    config, experiment, meta_state, record, keys = _open_run(run_dir)
-    tasks = max(config.eval.plot_tasks, 1)
-    held_out = sample_held_out(keys.eval_tasks, experiment.eval_task.sample_task, max(tasks, 2), max(tasks, 2))
-    return plots.plot_run(run_dir, learner=experiment.learner, meta_state=meta_state, held_out=held_out,
-                          steps=experiment.eval_steps, key=keys.eval_adapt, num_tasks=config.eval.plot_tasks)
-
-
-# -- eval, plot ------------------------------------------------------------------------------
-
-
-def _open_run(run_dir: str, overrides=()):
-    from metax.experiment.run import open_run
-
-    run = open_run(run_dir, overrides)
-    return run.config, run.experiment, run.meta_state, run.record, run.keys
-
-
-def command_eval(args) -> int:
-    from metax.experiment.io import write_json_atomic
-    from metax.experiment.loop import HeldOutEvaluator, sample_held_out
-    from metax.experiment.stats import format_interval, interval, markdown_table
-
-    for name in ("tasks", "steps"):
-        value = getattr(args, name)
-        if value is not None and value < (2 if name == "tasks" else 0):
-            raise ConfigError(f"--{name} must be >= {2 if name == 'tasks' else 0}, got {value}.")
-    config, experiment, meta_state, record, keys = _open_run(args.run_dir, args.overrides)
-    if args.omniglot_runs:
-        return _eval_omniglot_runs(args, config, experiment, meta_state, record, keys)
-    num_tasks = args.tasks or config.eval.tasks
-    steps = experiment.eval_steps if args.steps is None else args.steps
-    held_out = sample_held_out(keys.eval_tasks, experiment.eval_task.sample_task, num_tasks, config.eval.batch_size)
-    per_task = HeldOutEvaluator(experiment.learner, held_out, steps, keys.eval_adapt, config.eval.batch_size)(meta_state)
-    results = {metric: interval(values) for metric, values in per_task.items()}
-    rows = [[metric, format_interval(entry), entry["n"]] for metric, entry in results.items()]
-    print(f"{args.run_dir} at meta-step {record['step']}, {steps} adaptation steps:")
-    print(markdown_table(["metric", "mean ± 95% CI", "tasks"], rows))
-    tag = _override_tag(args.overrides)
-    path = os.path.join(args.run_dir, "evals", f"tasks-{num_tasks}_steps-{steps}_step-{record['step']}{tag}.json")
-    write_json_atomic(path, {"step": record["step"], "tasks": num_tasks, "adaptation_steps": steps, "metrics": results,
-                             "overrides": list(args.overrides)})
-    print(f"written {path}")
-    return 0
-
-
-def _override_tag(overrides) -> str:
-    """A file-name suffix that tells evaluations with different `--set` values apart."""
-    if not overrides:
-        return ""
-    text = "_".join(o.removeprefix("eval.").removeprefix("task.") for o in overrides)
-    return "_" + "".join(c if c.isalnum() or c in "=-." else "-" for c in text)[:80]
-
-
-def _eval_omniglot_runs(args, config, experiment, meta_state, record, keys) -> int:
-    """`metax eval RUN --omniglot-runs PATH`: Lake et al.'s 20 within-alphabet 20-way 1-shot
-    runs, each adapted from the run's meta-learned state exactly like a held-out task."""
-    import numpy as np
-
-    import metax
-    from metax.experiment.io import write_json_atomic
-    from metax.experiment.loop import HeldOutEvaluator
-    from metax.experiment.stats import markdown_table
-
-    if experiment.task.loss != "cross_entropy" or experiment.output_dim < metax.data.omniglot.RUN_WAYS:
-        raise ConfigError(
-            f"--omniglot-runs scores 20-way classification, but {args.run_dir} was trained for "
-            f"{experiment.output_dim} outputs ({experiment.task.loss}); train with task.ways >= 20."
-        )
-    size = int(config.task.get("image_size") or experiment.input_shape[0])
-    if experiment.input_shape[:2] != (size, size) or experiment.input_shape[-1] != 1:
-        raise ConfigError(f"--omniglot-runs needs a run on square one-channel images; {args.run_dir} takes {experiment.input_shape}.")
-    try:
-        runs = metax.data.load_lake_runs(args.omniglot_runs, size=size)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(f"--omniglot-runs: {error}") from error
-    steps = experiment.eval_steps if args.steps is None else args.steps
-    per_task = HeldOutEvaluator(experiment.learner, runs.tasks, steps, keys.eval_adapt, len(runs.names))(meta_state)
-    score = metax.data.lake_score(1.0 - per_task["acc_outer"])
-    rows = [[name, f"{100 * e:.0f}"] for name, e in zip(runs.names, score.per_run)]
-    print(f"{args.run_dir} at meta-step {record['step']}, {steps} adaptation steps, Lake's {len(runs.names)} one-shot runs:")
-    print(markdown_table(["run", "error %"], rows))
-    print(f"mean error {100 * score.mean:.1f} ± {100 * score.ci95:.1f} % (95% interval over runs); published: "
-          + ", ".join(f"{k} {v}" for k, v in metax.data.PUBLISHED_LAKE_ERRORS.items()))
-    path = os.path.join(args.run_dir, "evals", f"omniglot-runs_steps-{steps}_step-{record['step']}.json")
-    write_json_atomic(path, {
-        "step": record["step"], "adaptation_steps": steps, "runs": list(runs.names),
-        "error_per_run": score.per_run.tolist(), "error_mean": score.mean, "error_ci95": score.ci95,
-        "source": os.path.abspath(args.omniglot_runs),
-    })
-    print(f"written {path}")
-    return 0
-
-
-def command_plot(args) -> int:
-    paths = _draw_plots(args.run_dir)
-    print("\n".join(paths) if paths else "nothing to plot yet")
-    return 0
-
-
-# -- validate, list ----------------------------------------------------------------------------
+# -- validate ----------------------------------------------------------------------------------
 
 
 def command_validate(args) -> int:
@@ -660,195 +402,7 @@ def command_validate(args) -> int:
     return 0
 
 
-def command_list(args) -> int:
-    from metax.experiment.registry import KINDS, load_plugin, registry
-
-    for path in args.plugin:
-        load_plugin(path)
-    kinds = KINDS
-    if args.kind is not None:
-        kind = args.kind if args.kind.endswith("s") else args.kind + "s"
-        if kind not in KINDS:
-            from metax.experiment.errors import unknown_name
-
-            raise unknown_name("kind", args.kind, KINDS)
-        kinds = (kind,)
-    for kind in kinds:
-        print(kind)
-        for entry in registry(kind).entries():
-            origin = "" if entry.source == "metax" else f"  [{os.path.basename(entry.source)}]"
-            print(f"  {entry.name:<18} {entry.description}{origin}")
-    return 0
-
-
-# -- compare -----------------------------------------------------------------------------------
-
-
-def _run_folders(path: str) -> list[str]:
-    if os.path.exists(os.path.join(path, "summary.json")):
-        return [path]
-    if os.path.isdir(path):
-        found = sorted(
-            os.path.join(path, name) for name in os.listdir(path)
-            if os.path.exists(os.path.join(path, name, "summary.json"))
-        )
-        if found:
-            return found
-    raise ConfigError(f"{path} holds no finished run (no summary.json in it or its subfolders).")
-
-
-def _duplicate_runs(folders: Sequence[str], scores: dict) -> dict:
-    """`{index: index of the earlier run it copies}` for runs whose held-out scores are
-    bit-identical to an earlier one's (a copied folder, or one seed run twice)."""
-    import numpy as np
-
-    duplicates = {}
-    for i in range(len(folders)):
-        for j in range(i):
-            if j not in duplicates and all(np.array_equal(parts[i], parts[j]) for parts in scores.values()):
-                duplicates[i] = j
-                break
-    return duplicates
-
-
-def compare_runs(run_dirs: Sequence[str], out: Optional[str], metric: Optional[str] = None) -> str:
-    """The final held-out scores of each run (or each folder of seed runs) with 95%
-    intervals over seeds (`stats.interval_over_seeds`); writes compare.md, compare.json and
-    compare.png to `out`; returns the table.
-
-    Example:
-      >>> print(compare_runs(["runs/maml-seeds"], None))  # doctest: +SKIP
-    """
-    import numpy as np
-
-    from metax.experiment.io import read_json, read_npz, write_json_atomic, write_text_atomic
-    from metax.experiment.plots import plot_comparison
-    from metax.experiment.stats import describe_interval, format_interval, interval_over_seeds, markdown_table
-
-    groups = []
-    for path in run_dirs:
-        folders = _run_folders(path)
-        scores, seed_means, summaries, labels = {}, {}, [], []
-        for folder in folders:
-            data = read_npz(os.path.join(folder, "eval_final.npz"))
-            for name, values in data.items():
-                if name != "group":
-                    scores.setdefault(name, []).append(np.asarray(values, dtype=np.float64))
-            labels.append(data.get("group"))
-            summaries.append(read_json(os.path.join(folder, "summary.json")))
-        duplicates = _duplicate_runs(folders, scores)
-        if duplicates:  # a copy of a run is not another seed: count it once
-            keep = [i for i in range(len(folders)) if i not in duplicates]
-            scores = {name: [parts[i] for i in keep] for name, parts in scores.items()}
-            summaries, labels = [summaries[i] for i in keep], [labels[i] for i in keep]
-        group = {"label": os.path.basename(os.path.normpath(path)), "path": path, "seeds": len(folders) - len(duplicates),
-                 "duplicates": [f"{folders[i]} = {folders[j]}" for i, j in duplicates.items()]}
-        for name, parts in scores.items():
-            group[name] = interval_over_seeds(parts)
-            group["tasks"] = int(sum(np.size(p) for p in parts))
-            seed_means[name] = [float(np.mean(p)) for p in parts]
-        group["seed_means"] = seed_means
-        initial = [s.get("held_out_initial") or {} for s in summaries]
-        group["before"] = {
-            name: float(np.mean([i[name]["mean"] for i in initial if name in i]))
-            for name in scores if all(name in i for i in initial)
-        }
-        names = (summaries[0].get("held_out") or {}).get("groups")
-        if names and all(label is not None for label in labels):
-            group["groups"] = {
-                group_name: {
-                    name: interval_over_seeds([part[label == index] for part, label in zip(parts, labels)])
-                    for name, parts in scores.items()
-                }
-                for index, group_name in enumerate(names)
-            }
-        group["steps"] = summaries[0].get("steps")
-        rates = [s.get("meta_steps_per_second") for s in summaries if s.get("meta_steps_per_second")]
-        group["meta_steps_per_second"] = float(np.mean(rates)) if rates else None
-        groups.append(group)
-
-    metrics = [m for m in ("loss_outer", "acc_outer") if all(m in g for g in groups)]
-    if not metrics:
-        raise ConfigError("the runs share no held-out metric (loss_outer or acc_outer); compare runs of similar tasks.")
-    header = ["run", "seeds", "tasks x seeds"] + [f"{m} (95% CI)" for m in metrics] + ["interval"] + [f"{m} before" for m in metrics] + ["meta-steps", "steps/s"]
-    rows = []
-    for g in groups:
-        rows.append(
-            [g["label"], g["seeds"], g["tasks"]]
-            + [format_interval(g[m]) for m in metrics]
-            + [describe_interval(g[metrics[0]])]
-            + [f"{g['before'][m]:.3f}" if m in g["before"] else "" for m in metrics]
-            + [g["steps"], f"{g['meta_steps_per_second']:.0f}" if g["meta_steps_per_second"] else ""]
-        )
-    table = markdown_table(header, rows)
-    if all("groups" in g for g in groups) and len({tuple(g["groups"]) for g in groups}) == 1:
-        names = list(groups[0]["groups"])
-        table += f"\n\n{metrics[0]} per group:\n\n" + markdown_table(
-            ["run"] + names, [[g["label"]] + [format_interval(g["groups"][n][metrics[0]]) for n in names] for g in groups]
-        )
-    table += (
-        "\n\nIntervals: with several seeds, Student's t over the seed means (each seed's tasks "
-        "averaged first), so they reflect seed-to-seed variation; with one seed, a normal "
-        "interval over its held-out tasks (it says nothing about other seeds)."
-    )
-    for g in groups:
-        for pair in g["duplicates"]:
-            table += f"\n{g['label']}: {pair} (identical held-out scores): counted once."
-    if out is not None:
-        chosen = metric or ("acc_outer" if "acc_outer" in metrics else "loss_outer")
-        if chosen not in metrics:
-            raise ConfigError(f"--metric {chosen!r} is not reported by every run; choose one of {metrics}.")
-        os.makedirs(out, exist_ok=True)
-        write_text_atomic(os.path.join(out, "compare.md"), table + "\n")
-        write_json_atomic(os.path.join(out, "compare.json"), {"runs": groups})
-        plot_comparison(groups, chosen, os.path.join(out, "compare.png"))
-        table += f"\n\nwritten {os.path.join(out, 'compare.md')}, compare.json, compare.png"
-    return table
-
-
-def command_compare(args) -> int:
-    from metax.experiment.folders import check_output, is_comparison
-
-    if args.out is not None:  # written only where the user says, never beside the runs
-        check_output(args.out, f"--out {args.out}", is_comparison, "an earlier `metax compare` output")
-    print(compare_runs(args.run_dirs, args.out, args.metric))
-    if args.out is None:
-        print("(printed only; pass --out DIR to write compare.md, compare.json and compare.png)")
-    return 0
-
-
-def command_sweep(args) -> int:
-    from metax import dynamics
-    from metax.experiment.schema import read_yaml
-
-    data, _ = read_yaml(args.spec)
-    try:
-        spec = dynamics.SweepSpec.from_dict(data)
-    except ValueError as error:
-        raise ConfigError(f"{args.spec}: {error}") from error
-    from metax.experiment.folders import check_output, is_sweep
-    from metax.experiment.signals import StopRequests
-
-    out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.spec))[0])
-    check_output(out, f"--out {out}", is_sweep, "a metax sweep")
-    try:
-        # Signals are noted and acted on between epochs, when no computation is in flight.
-        with StopRequests() as stop:
-            result = dynamics.run_sweep(spec, out, resume=args.resume, progress=not args.no_progress,
-                                        on_epoch=lambda epoch: stop.check())
-    except Interrupted as error:
-        import shlex
-
-        error.command = f"metax sweep {shlex.quote(args.spec)} --out {shlex.quote(out)} --resume"
-        raise
-    except FileExistsError as error:
-        raise ConfigError(f"{error} Pass --resume to add the missing runs, or choose another --out.") from error
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(f"{args.spec}: {error}") from error
-    print(f"{out}: trained {len(result.trained)} run(s), {len(result.skipped)} already there, in {result.seconds:.0f} s")
-    return 0
-
-
+# eval, plot: metax.experiment.evaluate; list, sweep: .commands; compare: .compare.
 COMMANDS = {
     "sweep": command_sweep,
     "run": command_run,

@@ -88,8 +88,7 @@ def _kind(kind: str) -> str:
     return kind
 
 
-def _type_hints(target: Callable) -> dict:
-    function = target.__init__ if inspect.isclass(target) else target
+def _type_hints(function: Callable) -> dict:
     try:
         return typing.get_type_hints(function, include_extras=True)
     except Exception:
@@ -121,19 +120,60 @@ def _component_kinds(annotation: Any, name: str) -> tuple[str, ...]:
     return ()
 
 
+def _own_parameters(function: Callable, signature: inspect.Signature) -> list[tuple[inspect.Parameter, Any]]:
+    hints = _type_hints(function)
+    return [(p, hints.get(p.name, Any)) for p in signature.parameters.values() if p.name != "self"]
+
+
+def builder_parameters(target: Callable) -> list[tuple[inspect.Parameter, Any]]:
+    """`target`'s named parameters with their type hints, following `**options` to the base.
+
+    A class whose constructor takes `**options` and hands them to `super().__init__` lists
+    only its own arguments; the registry then reads the rest from the next constructor up
+    the MRO. metax's learners keep their positional signatures: they pass the base's
+    required positional arguments themselves (sometimes a value of their own in a slot,
+    as `Evosax` does with `optim_fn_outer`), so `**options` stands for the base's
+    keyword-only arguments and its optional ones (with a default) that the subclass does
+    not name, and `*args` for the base's positional ones it does not name.
+
+    Example:
+      >>> from metax.experiment.registry import builder_parameters
+      >>> [p.name for p, _ in builder_parameters(metax.learner.Reptile)][-3:]
+      ['extra_metrics', 'truncation', 'remat']
+    """
+    signature = inspect.signature(target)
+    found = _own_parameters(target.__init__ if inspect.isclass(target) else target, signature)
+    if not inspect.isclass(target):
+        return found
+    owners = [klass for klass in target.__mro__ if "__init__" in vars(klass) and klass is not object]
+    for base in owners[1:]:
+        kinds = {p.kind for p, _ in found}
+        takes_options, takes_args = inspect.Parameter.VAR_KEYWORD in kinds, inspect.Parameter.VAR_POSITIONAL in kinds
+        if not (takes_options or takes_args):
+            break
+        named = {p.name for p, _ in found}
+        forwarded = [
+            (p, hint) for p, hint in _own_parameters(base.__init__, inspect.signature(base.__init__))
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name not in named and (
+                (takes_options and (p.kind is p.KEYWORD_ONLY or p.default is not p.empty))
+                or (takes_args and p.kind is p.POSITIONAL_OR_KEYWORD)
+            )
+        ]
+        # The subclass's own *args / **options are spent on the base's parameters.
+        found = [(p, hint) for p, hint in found if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)] + forwarded
+    return found
+
+
 def _signature_params(
     target: Callable, context: tuple[str, ...], defaults: dict, components: dict
 ) -> tuple[tuple[Param, ...], tuple[str, ...]]:
-    signature = inspect.signature(target)
-    hints = _type_hints(target)
     params, used_context = [], []
-    for parameter in signature.parameters.values():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or parameter.name == "self":
+    for parameter, annotation in builder_parameters(target):
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
         if parameter.name in context:
             used_context.append(parameter.name)
             continue
-        annotation = hints.get(parameter.name, Any)
         default = defaults.get(parameter.name, parameter.default)
         kinds = tuple(_kind(k) for k in components.get(parameter.name, ())) or _component_kinds(
             annotation, parameter.name
@@ -228,7 +268,7 @@ def register(
     kind = _kind(kind)
 
     def add(target):
-        names = inspect.signature(target).parameters
+        names = {p.name: p for p, _ in builder_parameters(target)}
         implicit = {k: v for k, v in KIND_DEFAULTS.get(kind, {}).items() if k in names and names[k].default is REQUIRED}
         params, used = _signature_params(target, CONTEXT[kind], {**implicit, **(defaults or {})}, dict(components or {}))
         text = description or (inspect.getdoc(target) or "").strip().splitlines()[0:1]

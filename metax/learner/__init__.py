@@ -17,6 +17,7 @@ from metax.learner.implicit import ConjugateGradient
 from metax.learner.implicit import ImplicitDifferentiation
 from metax.learner.implicit import RecurrentBackpropagation
 from metax.learner.implicit import T1T2
+from metax.learner.inner_loop import InnerLoop
 from metax.learner.learned_kernel import LearnedKernel
 from metax.learner.learned_optimizer import LearnedOptimizerHParams
 from metax.learner.learned_optimizer import WithLearnedOptimizer
@@ -40,6 +41,7 @@ __all__ = [
     "EvolutionState",
     "Evosax",
     "ImplicitDifferentiation",
+    "InnerLoop",
     "LearnedKernel",
     "LearnedOptimizerHParams",
     "MAML",

@@ -14,12 +14,12 @@ variant nudges by +beta and -beta from the same free solution and divides by 2 b
 an O(beta^2) error.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import optax
 
-from metax.learner.base import MetaLearner, Remat, _check_optimizer, _check_positive, _check_steps
+from metax.learner.base import MetaLearner, _check_optimizer, _check_positive, _check_steps
 from metax.module.base import MetaModule
 from metax.utils import append_keys, tree_scale, tree_sub
 
@@ -60,16 +60,10 @@ class EquilibriumPropagation(MetaLearner):
         optim_fn_nudged: optax.GradientTransformation,
         optim_fn_outer: optax.GradientTransformation,
         beta: float,
-        *,
-        extra_metrics: bool = False,
-        truncation: Optional[int] = None,
-        remat: Remat = False,
+        **options: Any,
     ) -> None:
         self.beta = _check_positive(beta, "beta", "the nudging strength")
-        super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
-            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
-        )
+        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, **options)
         self.steps_nudged = _check_steps(steps_nudged, "steps_nudged")
         if self.steps_nudged < 1:
             raise ValueError(f"steps_nudged must be a positive int (the nudged phase's steps), got {steps_nudged!r}.")

@@ -13,7 +13,7 @@ the ES estimators of `LearnedKernel`; this file holds only the learner.
 Lange. "evosax: JAX-based Evolution Strategies", 2022, https://arxiv.org/abs/2212.04180.
 """
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from metax.data import MetaDataset
-from metax.learner.base import MetaLearner, MetaLearnerState, Remat
+from metax.learner.base import MetaLearner, MetaLearnerState
 from metax.learner.evolution_engine import EvolutionEngine
 from metax.learner.evolution_engine import EvolutionState  # noqa: F401  (re-exported by metax.learner)
 from metax.learner.evolution_engine import generation_metrics
@@ -66,15 +66,10 @@ class Evosax(MetaLearner):
         evosax_kwargs: Optional[dict] = None,
         *,
         report: Optional[str] = None,
-        extra_metrics: bool = False,
-        truncation: Optional[int] = None,
-        remat: Remat = False,
+        **options: Any,
     ) -> None:
         # The strategy is the outer optimiser: optim_fn_outer has nothing to do.
-        super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optax.set_to_zero(),
-            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
-        )
+        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optax.set_to_zero(), **options)
         if isinstance(input_shape, int) or not all(isinstance(d, (int, np.integer)) and d > 0 for d in input_shape):
             raise ValueError(
                 f"input_shape must be a tuple of positive ints, one input's shape without the sample "

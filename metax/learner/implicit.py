@@ -22,7 +22,7 @@ from typing import Any, Optional
 import jax
 import optax
 
-from metax.learner.base import MetaLearner, Remat, _check_positive, _check_steps
+from metax.learner.base import MetaLearner, _check_positive, _check_steps
 from metax.learner.linear_solve import LinearSolve, get_linear_solver, neumann_series, solve_identity
 from metax.module.base import MetaModule
 from metax.utils import append_keys, tree_add, tree_scale, tree_sub
@@ -54,23 +54,6 @@ class ImplicitDifferentiation(MetaLearner):
 
     end_point_gradient = True
     linear_solve: LinearSolve = staticmethod(solve_identity)
-
-    def __init__(
-        self,
-        meta_model: MetaModule,
-        batch_size: Optional[int],
-        steps_inner: int,
-        optim_fn_inner: optax.GradientTransformation,
-        optim_fn_outer: optax.GradientTransformation,
-        *,
-        extra_metrics: bool = False,
-        truncation: Optional[int] = None,
-        remat: Remat = False,
-    ) -> None:
-        super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
-            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
-        )
 
     def hessian_matvec(self, matvec):
         """The operator handed to the solver; a hook for damping and regularisation."""
@@ -134,15 +117,9 @@ class ConjugateGradient(ImplicitDifferentiation):
         cg_damping: float = 1.0,
         cg_reg: float = 0.0,
         linsolver: Any = "cg",
-        *,
-        extra_metrics: bool = False,
-        truncation: Optional[int] = None,
-        remat: Remat = False,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
-            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
-        )
+        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, **options)
         self.cg_damping = _check_positive(cg_damping, "cg_damping", "the Hessian is divided by it")
         if isinstance(cg_reg, bool) or not isinstance(cg_reg, (int, float)) or not 0 <= cg_reg < float("inf"):
             raise ValueError(f"cg_reg must be a finite number >= 0 (a Tikhonov term), got {cg_reg!r}.")
@@ -190,15 +167,9 @@ class RecurrentBackpropagation(ImplicitDifferentiation):
         optim_fn_inner: optax.GradientTransformation,
         optim_fn_outer: optax.GradientTransformation,
         alpha: float,
-        *,
-        extra_metrics: bool = False,
-        truncation: Optional[int] = None,
-        remat: Remat = False,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
-            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
-        )
+        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, **options)
         self.steps_rbp = _check_steps(steps_rbp, "steps_rbp")
         self.alpha = _check_positive(alpha, "alpha", "the Neumann step")
         self._series = neumann_series(self.steps_rbp, self.alpha)

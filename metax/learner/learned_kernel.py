@@ -15,47 +15,46 @@ comes from one of three estimators:
 - "noise_reuse": Noise-Reuse ES (Li, Vicol et al., "Noise-Reuse in Online Evolution
   Strategies", NeurIPS 2023, https://arxiv.org/abs/2304.12180), evosax's `NoiseReuseES`.
 
-ES over partial unrolls, as implemented here. One `update` call runs one whole inner
-trajectory of `steps_inner` steps on the meta-batch it is given, cut into
-`S = steps_inner / truncation` segments of `truncation` steps. Before each segment the
-strategy is asked for a population (PES: fresh antithetic noise every segment,
-accumulated per member; NRES: one noise draw reused for the whole trajectory); every
-member continues its own inner state (params, model state and the learned optimiser's
-state: memory, running averages, step count) from where its previous segment ended, runs
-`truncation` steps of the shared loop, and is scored by the query loss at the segment's
-end (mean over tasks, divided by S); the strategy is then told the fitness and moves
-its mean through `optim_fn_outer`. The objective estimated is therefore the query loss
-averaged over the S segment ends (with `truncation=None`, S = 1: the query loss after the
-last step, the same objective as "backprop"), with theta updated S times per trajectory.
-Unlike learned_optimization's truncated trainers, trajectories are not kept across
-`update` calls (a call starts every member afresh on the new meta-batch), so successive
-segments of one trajectory are never interleaved with other trajectories.
+The ES estimators over partial unrolls live in `metax.learner.unrolled_es`; each
+estimator is a value chosen once at construction, with `init` (the outer state) and
+`update` (one meta-step).
 """
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from metax.data import MetaDataset
 from metax.kernel.base import is_learned_optimizer
-from metax.learner.base import MetaLearnerState, Remat, _check_steps
-from metax.learner.evolution_engine import EvolutionEngine, evosax_algorithms, generation_metrics, population_hstate
+from metax.learner.base import MetaLearner, MetaLearnerState, Remat
 from metax.learner.maml import ModelAgnosticMetaLearning
+from metax.learner.unrolled_es import STRATEGIES, InnerCarry, UnrolledES
 from metax.module.base import MetaModule
-from metax.utils import append_keys
 
-ESTIMATORS = ("backprop", "pes", "noise_reuse")
-_STRATEGIES = {"pes": "PersistentES", "noise_reuse": "NoiseReuseES"}  # evosax class names
+ESTIMATORS = ("backprop", *STRATEGIES)
 
 
-class InnerCarry(NamedTuple):
-    """One member's inner trajectory between ES segments (leaves per member and task)."""
+class Backprop:
+    """A `LearnedKernel` estimator: the meta-gradient by backpropagation through the
+    unrolled inner loop, applied by `optim_fn_outer` (MAML's update).
 
-    state: Any  # model state
-    params: Any  # adapted params
-    opt_state: Any  # the learned optimiser's state (memory, running averages, step count)
+    Example:
+      >>> from metax.learner.learned_kernel import Backprop
+      >>> Backprop(optax.sgd(0.1)).init(jax.random.PRNGKey(0), jnp.zeros(2))
+      (EmptyState(), EmptyState())
+    """
+
+    def __init__(self, optim_fn_outer: optax.GradientTransformation) -> None:
+        self.optim_fn_outer = optim_fn_outer
+
+    def init(self, rng: jax.Array, hparams: Any) -> optax.OptState:
+        """The outer optimiser's state for `hparams` (`rng` is unused)."""
+        return self.optim_fn_outer.init(hparams)
+
+    def update(self, learner: MetaLearner, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset):
+        """`MetaLearner.update`: vmapped per-task meta-gradients, averaged and applied."""
+        return MetaLearner.update(learner, rng, meta_state, metabatch)
 
 
 class LearnedKernel(ModelAgnosticMetaLearning):
@@ -78,6 +77,10 @@ class LearnedKernel(ModelAgnosticMetaLearning):
       es_kwargs: ES only: `population_size` (even; default 16), `sigma_init` (the
         perturbation std, default 0.1) or `std_schedule`, `fitness_shaping_fn`.
 
+    The estimator is chosen once, here: `gradient_estimator` is a `Backprop` or an
+    `UnrolledES` (`metax.learner.unrolled_es`), and `reset` / `update` only call its
+    `init` / `update`.
+
     Example:
       >>> kernel = metax.kernel.CoordinatewiseKernel(hidden_sizes=(16,), step_size=0.01)
       >>> learner = metax.learner.LearnedKernel(meta_model, None, 20, kernel, optax.adam(1e-3), truncation=10)
@@ -99,7 +102,7 @@ class LearnedKernel(ModelAgnosticMetaLearning):
         remat: Remat = False,
         first_order: bool = False,
         es_kwargs: Optional[dict] = None,
-        extra_metrics: bool = False,
+        **options: Any,
     ) -> None:
         if not is_learned_optimizer(kernel):
             raise TypeError(
@@ -110,55 +113,32 @@ class LearnedKernel(ModelAgnosticMetaLearning):
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
         self.estimator = estimator
+        # The estimator is chosen here, once: `reset` and `update` only call it.
         if estimator == "backprop":
             if es_kwargs:
                 raise ValueError("es_kwargs apply to estimator='pes' or 'noise_reuse', not 'backprop'.")
             super().__init__(
                 meta_model, batch_size, steps_inner, kernel, optim_fn_outer, first_order,
-                extra_metrics=extra_metrics, truncation=truncation, remat=remat,
+                truncation=truncation, remat=remat, **options,
             )
+            self.gradient_estimator = Backprop(optim_fn_outer)
             return
-
         if remat is not False or first_order:
             raise ValueError(f"remat and first_order apply to estimator='backprop'; {estimator!r} takes no gradient.")
-        super().__init__(meta_model, batch_size, steps_inner, kernel, optim_fn_outer, extra_metrics=extra_metrics)
-        if self.steps_inner < 1:
-            raise ValueError(f"estimator={estimator!r} needs steps_inner >= 1, got {self.steps_inner}.")
-        unroll = self.steps_inner if truncation is None else _check_steps(truncation, "truncation")
-        if not 1 <= unroll <= self.steps_inner or self.steps_inner % unroll:
-            raise ValueError(
-                f"estimator={estimator!r} cuts the inner loop into partial unrolls of truncation="
-                f"{unroll} steps, which must divide steps_inner={self.steps_inner}."
-            )
-        self.unroll = unroll
-        self.segments = self.steps_inner // self.unroll
-        es_kwargs = {"population_size": 16, **(es_kwargs or {})}
-        for key in ("optimizer", "lrate_init", "opt_name", "T", "K"):
-            if key in es_kwargs:
-                raise ValueError(
-                    f"es_kwargs[{key!r}] is set by LearnedKernel: the ES update goes through "
-                    "optim_fn_outer, and T / K are steps_inner / truncation."
-                )
-        size = es_kwargs.get("population_size", es_kwargs.get("popsize"))
-        if not isinstance(size, int) or size < 2 or size % 2:
-            raise ValueError(f"estimator={estimator!r} samples antithetic pairs: population_size must be an even int >= 2, got {size!r}.")
-        es_kwargs["optimizer"] = optim_fn_outer
-        self.engine = EvolutionEngine(
-            getattr(evosax_algorithms(), _STRATEGIES[estimator]), es_kwargs, fixed_params={"T": self.steps_inner, "K": self.unroll}, report="mean"
-        )
-
-    # -- ES over partial unrolls ------------------------------------------------------------
-
-    def strategy(self, hparams: Any):
-        """The evosax strategy searching over hparams shaped like `hparams` (cached)."""
-        return self.engine.strategy(hparams)
+        super().__init__(meta_model, batch_size, steps_inner, kernel, optim_fn_outer, **options)
+        self.gradient_estimator = UnrolledES(estimator, self.steps_inner, truncation, es_kwargs, optim_fn_outer)
 
     def reset(self, rng: jax.Array, sample_input: jax.Array) -> MetaLearnerState:
-        if self.estimator == "backprop":
-            return super().reset(rng, sample_input)
         hparams, hstate = self.reset_hparams(rng, sample_input)
-        optim = self.engine.init(jax.random.fold_in(rng, 2), hparams)
-        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=optim)
+        return MetaLearnerState(hparams=hparams, hstate=hstate, optim=self.gradient_estimator.init(rng, hparams))
+
+    def update(self, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset):
+        """One meta-update by the estimator (see the module docstring and `UnrolledES.update`)."""
+        return self.gradient_estimator.update(self, rng, meta_state, metabatch)
+
+    def strategy(self, hparams: Any):
+        """The evosax strategy of an ES estimator over hparams shaped like `hparams` (cached)."""
+        return self.gradient_estimator.engine.strategy(hparams)
 
     def continue_descent(self, rng, carry: InnerCarry, hparams, energy, optimizer, steps: int):
         """`steps` steps of the shared loop continuing `carry`, optimiser state included."""
@@ -171,64 +151,3 @@ class LearnedKernel(ModelAgnosticMetaLearning):
     def _start(self, rng, hstate, hparams, task: MetaDataset) -> InnerCarry:
         params, state = self.meta_model.reset_params(rng, hparams, hstate, task.train.x)
         return InnerCarry(state, params, self.inner_optimizer(hparams).init(params))
-
-    def _segment(self, rng, hstate, hparams, task: MetaDataset, carry: InnerCarry, first: jax.Array):
-        """One member on one task: `unroll` steps from `carry` (from its start if `first`)."""
-        rng_start, rng_steps, rng_query, rng_final = jax.random.split(rng, 4)
-        start = self._start(rng_start, hstate, hparams, task)
-        carry = jax.tree_util.tree_map(lambda a, b: jnp.where(first, a, b), start, carry)
-        energy = self.support_energy(hstate, task.train)
-        carry, losses = self.continue_descent(rng_steps, carry, hparams, energy, self.inner_optimizer(hparams), self.unroll)
-        loss, ((_, new_hstate), metrics) = self.query_energy(rng_query, carry.state, hstate, carry.params, hparams, task.test)
-        inner = self.inner_metrics(rng_final, carry.state, hstate, carry.params, hparams, task.train, losses)
-        return carry, loss, new_hstate, {**append_keys(metrics, "outer"), **inner}
-
-    def update(self, rng: jax.Array, meta_state: MetaLearnerState, metabatch: MetaDataset):
-        """One meta-update: MAML's for "backprop"; for ES, one whole inner trajectory cut
-        into `steps_inner / truncation` segments, with an ask / tell of the strategy per
-        segment (see the module docstring). Metrics: `loss_outer` after the last step
-        (population and task mean), `loss_outer_segments` (the ES objective),
-        `loss_inner_init` before the first step, `nonfinite_inner` over all segments,
-        `fitness_best` / `fitness_std` of the last segment."""
-        if self.estimator == "backprop":
-            return super().update(rng, meta_state, metabatch)
-        metabatch = self.check_metabatch("update", rng, meta_state, metabatch)
-        num_tasks = metabatch.train.x.shape[0]
-        over_tasks = jax.vmap(self._segment, in_axes=(0, None, None, 0, 0, None))
-        over_members = jax.vmap(over_tasks, in_axes=(None, None, 0, None, 0, None))
-
-        # Every member's carry, shaped (members, tasks, ...); the first segment replaces it.
-        population_shape = jax.eval_shape(lambda: self.engine.ask(rng, meta_state.optim, meta_state.hparams)[0])
-        start = jax.vmap(jax.vmap(self._start, in_axes=(0, None, None, 0)), in_axes=(None, None, 0, None))
-        carry_shape = jax.eval_shape(start, jax.random.split(rng, num_tasks), meta_state.hstate, population_shape, metabatch)
-        carry = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
-
-        def segment(loop, inputs):
-            optim, carry = loop
-            index, rng_segment = inputs
-            rng_ask, rng_tell, rng_tasks = jax.random.split(rng_segment, 3)
-            # The same task keys for every member (common random numbers).
-            task_rngs = jax.random.split(rng_tasks, num_tasks)
-
-            def score(population):
-                new_carry, losses, hstates, metrics = over_members(
-                    task_rngs, meta_state.hstate, population, metabatch, carry, index == 0
-                )
-                return jnp.mean(losses, axis=1) / self.segments, (new_carry, jnp.mean(losses), hstates, metrics)
-
-            optim, fitness, (carry, mean_loss, hstates, metrics) = self.engine.generation(
-                rng_ask, rng_tell, optim, meta_state.hparams, score
-            )
-            return (optim, carry), (mean_loss, fitness, hstates, metrics)
-
-        inputs = (jnp.arange(self.segments), jax.random.split(rng, self.segments))
-        (optim, _), (segment_losses, fitness, hstates, metrics) = jax.lax.scan(segment, (meta_state.optim, carry), inputs)
-        last = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[-1], tree)
-        # After all steps_inner steps, except what describes the whole trajectory.
-        out = generation_metrics(fitness[-1], last(metrics), scale=self.segments)
-        if "loss_inner_init" in metrics:
-            out["loss_inner_init"] = jnp.mean(metrics["loss_inner_init"][0])
-        out["nonfinite_inner"] = jnp.sum(metrics["nonfinite_inner"])
-        out["loss_outer_segments"] = jnp.mean(segment_losses)  # the ES objective
-        hparams = self.engine.solution(optim, meta_state.hparams)
-        return MetaLearnerState(hparams=hparams, hstate=population_hstate(last(hstates)), optim=optim), out

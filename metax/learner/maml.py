@@ -10,12 +10,12 @@ outer-loss gradient at the adapted params, while anything the update itself depe
 (e.g. a learned learning rate) still receives its gradient.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import optax
 
-from metax.learner.base import MetaLearner, Remat, _check_bool
+from metax.learner.base import MetaLearner, _check_bool
 from metax.module.base import MetaModule
 
 
@@ -49,15 +49,9 @@ class ModelAgnosticMetaLearning(MetaLearner):
         optim_fn_inner: optax.GradientTransformation,
         optim_fn_outer: optax.GradientTransformation,
         first_order: bool = False,
-        *,
-        extra_metrics: bool = False,
-        truncation: Optional[int] = None,
-        remat: Remat = False,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
-            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
-        )
+        super().__init__(meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer, **options)
         self.first_order = _check_bool(first_order, "first_order")
 
     def grad(self, rng, hstate, hparams, metadataset):

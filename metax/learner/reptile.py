@@ -11,14 +11,11 @@ partial gradient of the task loss at the adapted params (Reptile) or its sum alo
 inner loop (BufferedReptile).
 """
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
-import optax
 
 from metax.data import Dataset
-from metax.learner.base import MetaLearner, Remat
+from metax.learner.base import MetaLearner
 from metax.module.base import MetaModule
 from metax.utils import append_keys, get_field, set_field, tree_sub
 
@@ -46,22 +43,7 @@ class Reptile(MetaLearner):
 
     accumulate_hgrads = False  # BufferedReptile sums partial hparam gradients
 
-    def __init__(
-        self,
-        meta_model: MetaModule,
-        batch_size: Optional[int],
-        steps_inner: int,
-        optim_fn_inner: optax.GradientTransformation,
-        optim_fn_outer: optax.GradientTransformation,
-        *,
-        extra_metrics: bool = False,
-        truncation: Optional[int] = None,
-        remat: Remat = False,
-    ) -> None:
-        super().__init__(
-            meta_model, batch_size, steps_inner, optim_fn_inner, optim_fn_outer,
-            extra_metrics=extra_metrics, truncation=truncation, remat=remat,
-        )
+    def check_module(self, meta_model: MetaModule) -> None:
         if not meta_model.init_keys:
             raise ValueError(
                 f"{type(self).__name__} moves an initialisation toward adapted weights, but "
