@@ -106,13 +106,13 @@ def conv2d(
     impl = resolve_conv_impl(impl)
     if impl == "xla":
         return lax.conv_general_dilated(inputs, kernel, stride, padding, dimension_numbers=_DIMENSION_NUMBERS)
-    kw = kernel.shape[1]
-    views = _shifted_views(inputs, kernel.shape[:2], stride, padding)
-    out = None
-    for tap, view in enumerate(views):
-        term = jnp.einsum("nhwc,cd->nhwd", view, kernel[tap // kw, tap % kw])
-        out = term if out is None else out + term
-    return out
+    # One matrix product over the taps' views side by side (im2col): (N*H*W, kh*kw*Cin)
+    # by (kh*kw*Cin, Cout), whose rows follow the kernel's (i, j, c) order. Against one
+    # product per tap it halves the meta-step's HLO, cuts XLA's compile time by a third
+    # and runs 1.6x faster (benchmarks/RESULTS.md): the weight gradient is one GEMM with
+    # a 576 x 64 output instead of nine 64 x 64 ones.
+    patches = jnp.concatenate(_shifted_views(inputs, kernel.shape[:2], stride, padding), axis=-1)
+    return jnp.einsum("nhwk,kd->nhwd", patches, kernel.reshape(-1, kernel.shape[-1]))
 
 
 class Conv2D(hk.Module):
