@@ -175,6 +175,7 @@ def make_chunk(
     watch: Sequence[str],
     metric_shapes: dict,
     task_sharding: Optional[jax.sharding.Sharding] = None,
+    update: Optional[Callable] = None,
 ) -> Callable:
     """`chunk(meta_state, start, n, sampler) -> (meta_state, metrics, done, finite)`: up to `n`
     meta-steps from step `start` in one `lax.while_loop`; `metrics` (shaped like
@@ -183,13 +184,16 @@ def make_chunk(
     finite (`finite` is then False). With `task_sharding`, every meta-batch is split
     over devices along its task axis. `sampler` defaults to `sample_task`; a sampler that
     carries its data as pytree leaves (a `jax.tree_util.Partial`, e.g. few-shot tasks)
-    is passed as an argument instead, so the data is not compiled in as a constant."""
+    is passed as an argument instead, so the data is not compiled in as a constant.
+    `update` replaces `learner.update`: `jax.jit(learner.update)`, already traced for
+    `metric_shapes` by `jax.eval_shape`, is not traced again (its trace is cached)."""
+    update = learner.update if update is None else update
 
     def step(meta_state, index, sampler):
         metabatch = sample_metabatch(jax.random.fold_in(keys.data, index), sampler, meta_batch_size)
         if task_sharding is not None:  # each device adapts its share of the tasks
             metabatch = jax.lax.with_sharding_constraint(metabatch, task_sharding)
-        return learner.update(jax.random.fold_in(keys.update, index), meta_state, metabatch)
+        return update(jax.random.fold_in(keys.update, index), meta_state, metabatch)
 
     def chunk(meta_state, start, n, sampler=None):
         sampler = sample_task if sampler is None else sampler
@@ -355,10 +359,12 @@ def train(
 
     # Compile once: every chunk length runs the same program.
     batch_shape = jax.eval_shape(lambda k: sample_metabatch(k, sample_task, meta_batch_size), keys.data)
-    probe = jax.eval_shape(learner.update, keys.update, meta_state, batch_shape)[1]
+    # Traced once: the chunk's call of the same jitted update reuses this trace.
+    update = jax.jit(learner.update)
+    probe = jax.eval_shape(update, keys.update, meta_state, batch_shape)[1]
     watch = _watched(probe, check_finite)
     buffer = chunk if chunk is not None else min(steps, MAX_CHUNK)
-    run_chunk = make_chunk(learner, sample_task, meta_batch_size, keys, buffer, watch, probe, by_task)
+    run_chunk = make_chunk(learner, sample_task, meta_batch_size, keys, buffer, watch, probe, by_task, update)
     if mesh is not None:
         meta_state = jax.device_put(meta_state, replicated)
     compile_start = time.perf_counter()
