@@ -442,3 +442,17 @@ def test_bad_input_errors_name_the_value_and_the_fix():
         metax.module.ComplexSynapse(SE(), SE(), tiny_mlp(), l2_reg=0, l2_fixed=False)
     with pytest.raises(TypeError, match="haiku transform"):
         metax.module.ANIL(SE(), SE(), lambda x: x, 1)
+
+
+def test_compiled_init_equals_eager_init():
+    """`init_training` (LearnedInit's, ANIL's and ComplexSynapse's reset) gives the eager
+    `init`'s parameters and batch-norm state."""
+    from metax.module.base import init_training
+
+    net = metax.models.Conv4(channels=2, readout=3)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 1))
+    key = jax.random.PRNGKey(0)
+    compiled, eager = init_training(net, key, x), net.init(key, x, is_training=True)
+    assert jax.tree_util.tree_structure(compiled) == jax.tree_util.tree_structure(eager)
+    for a, b in zip(jax.tree_util.tree_leaves(compiled), jax.tree_util.tree_leaves(eager)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -180,10 +180,13 @@ def make_step(
     meta_batch_size: int,
     keys: Keys,
     task_sharding: Optional[jax.sharding.Sharding] = None,
+    update: Optional[Callable] = None,
 ) -> Callable:
     """`step(meta_state, index, sampler=None) -> (meta_state, metrics)`: meta-step `index`
     on the meta-batch drawn from `keys.data` folded with `index` (the one step the chunk
-    and the `debug_nans` path both run).
+    and the `debug_nans` path both run). `update` replaces `learner.update`: passing
+    `jax.jit(learner.update)`, already traced by `jax.eval_shape` for the metric shapes,
+    saves tracing it again (jit caches its trace).
 
     Example:
       >>> learner = metax.learner.ModelAgnosticMetaLearning(meta_model, None, 1, optax.sgd(0.01), optax.adam(1e-3))
@@ -200,7 +203,7 @@ def make_step(
         metabatch = sample_metabatch(jax.random.fold_in(keys.data, index), sampler, meta_batch_size)
         if task_sharding is not None:  # each device adapts its share of the tasks
             metabatch = jax.lax.with_sharding_constraint(metabatch, task_sharding)
-        return learner.update(jax.random.fold_in(keys.update, index), meta_state, metabatch)
+        return (learner.update if update is None else update)(jax.random.fold_in(keys.update, index), meta_state, metabatch)
 
     return step
 
@@ -214,6 +217,7 @@ def make_chunk(
     watch: Sequence[str],
     metric_shapes: dict,
     task_sharding: Optional[jax.sharding.Sharding] = None,
+    update: Optional[Callable] = None,
 ) -> Callable:
     """`chunk(meta_state, start, n, sampler) -> (meta_state, metrics, done, finite)`: up to `n`
     meta-steps from step `start` in one `lax.while_loop`; `metrics` (shaped like
@@ -222,9 +226,10 @@ def make_chunk(
     finite (`finite` is then False). With `task_sharding`, every meta-batch is split
     over devices along its task axis. `sampler` defaults to `sample_task`; a sampler that
     carries its data as pytree leaves (a `jax.tree_util.Partial`, e.g. few-shot tasks)
-    is passed as an argument instead, so the data is not compiled in as a constant."""
+    is passed as an argument instead, so the data is not compiled in as a constant.
+    `update`: as in `make_step`."""
 
-    step = make_step(learner, sample_task, meta_batch_size, keys, task_sharding)
+    step = make_step(learner, sample_task, meta_batch_size, keys, task_sharding, update)
 
     def chunk(meta_state, start, n, sampler=None):
         sampler = sample_task if sampler is None else sampler

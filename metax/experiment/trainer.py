@@ -106,7 +106,8 @@ class Trainer:
         self.sampler_arg = self.sample_task if isinstance(self.sample_task, jax.tree_util.Partial) else None
         self._restore()
         batch_shape = jax.eval_shape(lambda k: sample_metabatch(k, self.sample_task, self.meta_batch_size), self.keys.data)
-        probe = jax.eval_shape(self.learner.update, self.keys.update, self.meta_state, batch_shape)[1]
+        update = jax.jit(self.learner.update)  # traced once: the chunk's call reuses this trace
+        probe = jax.eval_shape(update, self.keys.update, self.meta_state, batch_shape)[1]
         self.watch = loop.watched_metrics(probe, self.check_finite)
         self.buffer = self.chunk if self.chunk is not None else min(self.steps, loop.MAX_CHUNK)
         if mesh is not None:
@@ -116,7 +117,7 @@ class Trainer:
             self.compiled = loop._DebugNaNSteps(self.learner, self.sample_task, self.meta_batch_size, self.keys, probe, self.name)
         else:
             run_chunk = loop.make_chunk(self.learner, self.sample_task, self.meta_batch_size, self.keys, self.buffer,
-                                        self.watch, probe, by_task)
+                                        self.watch, probe, by_task, update)
             sharded = {} if mesh is None else {"out_shardings": replicated}
             executable = jax.jit(run_chunk, donate_argnums=0, **sharded).lower(
                 self.meta_state, np.int32(0), np.int32(1), self.sampler_arg).compile()

@@ -6,13 +6,13 @@ kernel is batched by `vmap` (MAML's per-task weights) becomes a grouped convolut
 slower still. MAML differentiates through the inner loop, so it pays for both several
 times per meta-step.
 
-Here a `kh x kw` convolution is the sum over kernel offsets `(i, j)` of a matrix product:
-`out = sum_ij view_ij(pad(x)) @ w[i, j]`, where `view_ij` is a strided slice. Everything
-is slices, pads and `dot_general`s, so JAX's own rules give every derivative, forward and
-reverse, to any order (MAML's second order, the implicit learners' `linearize` of a
-gradient): the weight gradient becomes `sum_nhw view_ij(x)^T g`, a matrix product whose
-inner dimension is the batch times the image, and under `vmap` every product is a batched
-matrix product. Values equal `jax.lax.conv_general_dilated`'s up to float rounding (the
+Here a `kh x kw` convolution is one matrix product over the strided views of the padded
+input that meet each kernel offset `(i, j)`, laid side by side (im2col):
+`out = concat_ij(view_ij(pad(x))) @ w.reshape(kh * kw * in, out)`. Everything is slices,
+pads, a concatenation and a `dot_general`, so JAX's own rules give every derivative,
+forward and reverse, to any order (MAML's second order, the implicit learners'
+`linearize` of a gradient): the weight gradient becomes `patches^T g`, one matrix product
+whose inner dimension is the batch times the image, and under `vmap` a batched one. Values equal `jax.lax.conv_general_dilated`'s up to float rounding (the
 products are summed in a different order).
 
 `conv2d(..., impl="auto")` uses the shifted views on CPU and XLA's convolution elsewhere
@@ -87,7 +87,7 @@ def conv2d(
       stride: an int or a pair (rows, columns).
       padding: "SAME", "VALID" or ((top, bottom), (left, right)).
       impl: "auto" (shifted views on CPU, XLA elsewhere), "xla" or "shifted" (one matrix
-        product per kernel tap).
+        product over the kernel taps' shifted views side by side).
 
     Returns:
       `(batch, out_height, out_width, out_channels)`.
@@ -106,13 +106,13 @@ def conv2d(
     impl = resolve_conv_impl(impl)
     if impl == "xla":
         return lax.conv_general_dilated(inputs, kernel, stride, padding, dimension_numbers=_DIMENSION_NUMBERS)
-    kw = kernel.shape[1]
-    views = _shifted_views(inputs, kernel.shape[:2], stride, padding)
-    out = None
-    for tap, view in enumerate(views):
-        term = jnp.einsum("nhwc,cd->nhwd", view, kernel[tap // kw, tap % kw])
-        out = term if out is None else out + term
-    return out
+    # One matrix product over the taps' views side by side (im2col): (N*H*W, kh*kw*Cin)
+    # by (kh*kw*Cin, Cout), whose rows follow the kernel's (i, j, c) order. Against one
+    # product per tap it halves the meta-step's HLO, cuts XLA's compile time by a third
+    # and runs 1.6x faster (benchmarks/RESULTS.md): the weight gradient is one GEMM with
+    # a 576 x 64 output instead of nine 64 x 64 ones.
+    patches = jnp.concatenate(_shifted_views(inputs, kernel.shape[:2], stride, padding), axis=-1)
+    return jnp.einsum("nhwk,kd->nhwd", patches, kernel.reshape(-1, kernel.shape[-1]))
 
 
 class Conv2D(hk.Module):

@@ -23,6 +23,7 @@ from metax.module.base import (
     check_energies,
     check_features,
     check_positive_int,
+    init_training,
     linear_head,
 )
 
@@ -131,7 +132,7 @@ class AlmostNoInnerLoop(MetaModule):
 
     def reset_hparams(self, rng, sample_input):
         rng_body, rng_head = jax.random.split(rng)
-        weights, body_state = self.body.init(rng_body, sample_input, is_training=True)
+        weights, body_state = init_training(self.body, rng_body, sample_input)
         apply = functools.partial(self.body.apply, is_training=True)
         features = jax.eval_shape(apply, weights, body_state, rng_body, sample_input)[0]
         check_features(features, sample_input, "body")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from metax import energy
-from metax.module.base import MetaModule, as_transformed_with_state, check_energies
+from metax.module.base import MetaModule, as_transformed_with_state, check_energies, init_training
 
 
 class ComplexSynapseMetaParams(NamedTuple):
@@ -131,7 +131,7 @@ class ComplexSynapse(MetaModule):
         return output, (ComplexSynapseState(new_state), ComplexSynapseMetaState(new_state))
 
     def reset_hparams(self, rng, sample_input):
-        omega, net_state = self.base_learner.init(rng, sample_input, is_training=True)
+        omega, net_state = init_training(self.base_learner, rng, sample_input)
         log_lambda = None
         if not self.l2_fixed:
             fill = functools.partial(jnp.full_like, fill_value=math.log(self.l2_reg))

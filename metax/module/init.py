@@ -18,7 +18,14 @@ import haiku as hk
 import jax
 
 from metax import energy
-from metax.module.base import MetaModule, as_transformed_with_state, check_energies, check_output_dim, check_positive_int
+from metax.module.base import (
+    MetaModule,
+    as_transformed_with_state,
+    check_energies,
+    check_output_dim,
+    check_positive_int,
+    init_training,
+)
 
 
 class LearnedInitMetaParams(NamedTuple):
@@ -121,7 +128,7 @@ class LearnedInit(MetaModule):
         return output, (LearnedInitState(new_state), LearnedInitMetaState(new_state))
 
     def reset_hparams(self, rng, sample_input):
-        weights, net_state = self.base_learner.init(rng, sample_input, is_training=True)
+        weights, net_state = init_training(self.base_learner, rng, sample_input)
         apply = functools.partial(self.base_learner.apply, is_training=True)
         output = jax.eval_shape(apply, weights, net_state, rng, sample_input)[0]
         check_output_dim(output, self.output_dim, "base_learner")
