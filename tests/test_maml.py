@@ -9,7 +9,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import metax
-from conftest import learned_init, sinusoid_batch
+from conftest import learned_init, sinusoid_batch, tiny_mlp
 
 
 def one_task(batch, i=0):
@@ -226,3 +226,48 @@ def test_truncation_and_remat_of_the_shared_loop(float64):
     assert np.all(flat(truncated) == 0)
     with pytest.raises(ValueError, match="truncation=5"):
         query_loss_after(meta_state.hparams, truncation=5)
+
+
+def test_first_order_classification_by_hand(float64):
+    """Few-shot classification (the Omniglot setting): the first-order meta-gradient is the
+    query cross-entropy's gradient at hand-written SGD's end point (0 steps: at the init),
+    for all weights (LearnedInit) and for ANIL, whose body gets the query gradient and
+    whose head follows SGD on the fixed body's features."""
+    ways, lr, steps = 3, 0.5, 2
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    labels = jnp.arange(ways)
+    task = metax.data.MetaDataset(
+        metax.data.Dataset(jax.random.normal(keys[0], (ways, 4), jnp.float64), labels),
+        metax.data.Dataset(jax.random.normal(keys[1], (2 * ways, 4), jnp.float64), jnp.tile(labels, 2)),
+    )
+    ce = lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    sgd = lambda tree, grads: jax.tree_util.tree_map(lambda w, g: w - lr * g, tree, grads)
+    flat = lambda tree: np.asarray(ravel_pytree(tree)[0])
+    xent = metax.energy.CrossEntropy()
+
+    net = tiny_mlp((5,), ways)
+    full = metax.module.LearnedInit(xent, xent, base_learner=net)
+    for k in (0, steps):
+        learner = make_maml(k, first_order=True, lr=lr, meta_model=full)
+        meta_state = learner.reset(keys[2], task.train.x)
+        hgrads = jax.jit(learner.grad)(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
+        forward = lambda w, x: net.apply(w, meta_state.hstate.base_learner, None, x, True)[0]
+        weights = meta_state.hparams.base_learner_init
+        for _ in range(k):
+            weights = sgd(weights, jax.grad(lambda w: ce(forward(w, task.train.x), task.train.y))(weights))
+        expected = jax.grad(lambda w: ce(forward(w, task.test.x), task.test.y))(weights)
+        np.testing.assert_allclose(flat(hgrads), flat(expected), rtol=1e-10, atol=1e-12)
+
+    body = tiny_mlp((5,), 4)
+    anil = metax.module.AlmostNoInnerLoop(xent, xent, body=body, output_dim=ways)
+    learner = make_maml(steps, first_order=True, lr=lr, meta_model=anil)
+    meta_state = learner.reset(keys[2], task.train.x)
+    hgrads = jax.jit(learner.grad)(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
+    features = lambda b, x: body.apply(b, meta_state.hstate.body, None, x, True)[0]
+    logits = lambda b, head, x: features(b, x) @ head["head"]["w"] + head["head"]["b"]
+    head = meta_state.hparams.head_init
+    for _ in range(steps):
+        head = sgd(head, jax.grad(lambda h: ce(logits(meta_state.hparams.body, h, task.train.x), task.train.y))(head))
+    body_grad, head_grad = jax.grad(lambda b, h: ce(logits(b, h, task.test.x), task.test.y), argnums=(0, 1))(meta_state.hparams.body, head)
+    np.testing.assert_allclose(flat(hgrads.body), flat(body_grad), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(flat(hgrads.head_init), flat(head_grad), rtol=1e-10, atol=1e-12)

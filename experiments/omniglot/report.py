@@ -8,7 +8,10 @@ by `metax eval` (test alphabets per episode type, tagged by their `--set` values
 runs), and `baselines*/metrics.json`. Writes `results.md` (the README's table),
 `results.json`, `accuracy_vs_steps.png` and `episodes.png` (support and query images of a
 held-out 5-way 1-shot task and of Lake's run 1) into the folder. Only finished
-evaluations are reported; a missing one is shown as "not run".
+evaluations are reported; a missing one is shown as "not run". With several seeds, the
+interval is Student's t over the seed means (seed-to-seed variation, as `metax
+compare`); each seed's own figures are listed below it. `--from-json` rebuilds the
+table (not the figures) from a `results.json` already in the folder.
 """
 
 import argparse
@@ -23,6 +26,7 @@ import metax
 from metax.experiment.io import write_json_atomic, write_text_atomic
 from metax.experiment.loop import run_keys, sample_held_out
 from metax.experiment.registry import registry
+from metax.experiment.stats import interval_over_seeds
 
 LEARNERS = {"maml": "MAML (second order)", "fomaml": "first-order MAML", "reptile": "Reptile", "anil": "ANIL", "metasgd": "Meta-SGD"}
 BASELINES = {"pixel_nn": "nearest neighbour, raw pixels", "scratch": "scratch (no meta-learning)",
@@ -57,15 +61,39 @@ def cell(entry) -> str:
     return f"{100 * entry['mean']:.1f} ± {100 * entry['ci95']:.1f}" if entry else "not run"
 
 
+def seed_cell(entry, seed: int) -> str:
+    """One seed's mean, with its interval over tasks where it was kept."""
+    if not entry or seed >= len(entry.get("seed_means", [])):
+        return "not run"
+    half = (entry.get("seed_ci95") or [None] * (seed + 1))[seed]
+    return cell({"mean": entry["seed_means"][seed], "ci95": half}) if half is not None else f"{100 * entry['seed_means'][seed]:.1f}"
+
+
+def repool(results: dict) -> dict:
+    """Recomputes every several-seed entry of a results.json from its seed means (for
+    results written before the intervals over seeds were t intervals)."""
+    for row in list(results["learners"].values()):
+        for key, entry in row.items():
+            if isinstance(entry, dict) and len(entry.get("seed_means", [])) > 1:
+                row[key] = over_seeds(entry["seed_means"], entry.get("seed_ci95"))
+    return results
+
+
 def pooled(entries: list) -> dict | None:
-    """Mean over seeds of per-seed means, interval from the tasks of all seeds (as `metax compare`)."""
+    """One seed: its interval over tasks. Several: Student's t interval over the seed means
+    (`metax.experiment.stats.interval_over_seeds`, as `metax compare`), which reflects
+    seed-to-seed variation; the per-seed means and intervals are kept beside it."""
     if not entries:
         return None
-    means = [e["mean"] for e in entries]
-    halves = [e["ci95"] for e in entries]
-    n = sum(e["n"] for e in entries)
-    return {"mean": float(np.mean(means)), "ci95": float(np.sqrt(np.sum(np.square(halves))) / len(entries)), "n": n,
-            "seed_means": means}
+    if len(entries) == 1:
+        return {**entries[0], "seed_means": [entries[0]["mean"]]}
+    return over_seeds([e["mean"] for e in entries], [e.get("ci95") for e in entries])
+
+
+def over_seeds(means: list, halves: list | None = None) -> dict:
+    """The t interval over seed means, with the seeds' own means (and task intervals)."""
+    entry = interval_over_seeds([[m] for m in means])
+    return {**entry, "seed_means": [float(m) for m in means], "seed_ci95": halves or [None] * len(means)}
 
 
 def collect(folder: str) -> dict:
@@ -81,9 +109,7 @@ def collect(folder: str) -> dict:
         lakes = [s["lake"] for s in scores if "lake" in s]
         if lakes:
             errors = [metax.data.lake_score(lake["error_per_run"]) for lake in lakes]
-            row["lake"] = {"mean": float(np.mean([e.mean for e in errors])),
-                           "ci95": float(np.sqrt(np.sum([e.ci95 ** 2 for e in errors])) / len(errors)),
-                           "seed_means": [e.mean for e in errors], "n": 20}
+            row["lake"] = pooled([{"mean": e.mean, "ci95": e.ci95, "n": 20} for e in errors])
         summaries = []
         for run in runs:
             path = os.path.join(run, "summary.json")
@@ -132,8 +158,11 @@ def table(results: dict) -> str:
     for learner, label in LEARNERS.items():
         row = results["learners"].get(learner)
         if row:
-            seeds = f" ({row['seeds']} seeds)" if row["seeds"] > 1 else ""
-            lines.append(f"| {label}{seeds} | " + " | ".join(cell(row[f"{w}x{k}"]) for w, k in EPISODES) + f" | {cell(row.get('lake'))} |")
+            keys = [f"{w}x{k}" for w, k in EPISODES] + ["lake"]
+            seeds = f" ({row['seeds']} seeds, t interval over seed means)" if row["seeds"] > 1 else ""
+            lines.append(f"| {label}{seeds} | " + " | ".join(cell(row.get(key)) for key in keys) + " |")
+            for seed in range(row["seeds"] if row["seeds"] > 1 else 0):
+                lines.append(f"| {label}, seed {seed} | " + " | ".join(seed_cell(row.get(key), seed) for key in keys) + " |")
     for name, error in metax.data.PUBLISHED_LAKE_ERRORS.items():
         lines.append(f"| {name} (published) | | | | | {error} |")
     return header + "\n".join(lines) + "\n"
@@ -202,11 +231,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--omniglot-runs", help="all_runs.zip, for the episode figure")
     parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "../../configs/omniglot-maml.yaml"))
     parser.add_argument("--task-set", action="append", default=[])
+    parser.add_argument("--from-json", action="store_true",
+                        help="rebuild results.md (and results.json's intervals) from the folder's results.json; no figures")
     args = parser.parse_args(argv)
-    results = collect(args.folder)
+    if args.from_json:
+        with open(os.path.join(args.folder, "results.json")) as handle:
+            results = repool(json.load(handle))
+    else:
+        results = collect(args.folder)
     text = table(results)
     write_text_atomic(os.path.join(args.folder, "results.md"), text)
     write_json_atomic(os.path.join(args.folder, "results.json"), results)
+    if args.from_json:  # the figures need the run folders and the data; keep the ones there
+        print(text)
+        return results
     if results["curves"]:
         plot_curves(results, os.path.join(args.folder, "accuracy_vs_steps.png"))
     plot_episodes(args.config, args.omniglot_runs, os.path.join(args.folder, "episodes.png"), args.task_set)

@@ -71,7 +71,7 @@ def _eval_omniglot_runs(args, config, experiment, meta_state, record, keys) -> i
     from metax.experiment.loop import HeldOutEvaluator
     from metax.experiment.stats import markdown_table
 
-    if experiment.task.loss != "cross_entropy" or experiment.output_dim < metax.data.omniglot.RUN_WAYS:
+    if experiment.task.loss != "cross_entropy" or experiment.output_dim < metax.data.omniglot_runs.RUN_WAYS:
         raise ConfigError(
             f"--omniglot-runs scores 20-way classification, but {args.run_dir} was trained for "
             f"{experiment.output_dim} outputs ({experiment.task.loss}); train with task.ways >= 20."
