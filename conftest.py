@@ -87,3 +87,39 @@ def _doctest_names(request):
             if not os.path.exists(os.path.join(folder, "all_runs.zip")):
                 pytest.skip(f"Omniglot files not found at {folder}")
             request.getfixturevalue("monkeypatch").chdir(folder)
+
+
+# The longest tests, started first: with `-n 2`, a long test picked up last keeps one
+# core busy while the other idles at the end of the run. (Measured under load in a full
+# run; order only, so a stale entry costs nothing.)
+LONGEST_FIRST = (
+    "tests/test_reliability.py::test_sigkill",
+    "tests/test_configs.py::test_main_job",
+    "tests/test_reliability.py::test_debug_nans",
+    "tests/test_readme.py::test_readme_snippets_run",
+    "tests/test_noisy_inference.py::test_quick_run",
+    "tests/test_learned_kernel.py::test_meta_trained_kernel",
+    "tests/test_convolution.py::test_maml_meta_gradient",
+    "tests/test_modules.py::test_cavia_contexts",
+    "tests/test_parallel.py",
+    "tests/test_maml.py::test_update_averages",
+    "tests/test_toy_md_cli.py::test_quick_run",
+    "tests/test_readme.py::test_training_from_python",
+    "tests/test_properties.py::test_task_samplers",
+    "tests/test_models.py::test_conv4_readout",
+    "tests/test_run_folders.py::test_sigint_and_sigterm",
+    "tests/test_trainer.py",
+    "tests/test_convolution.py::test_values_and_derivatives",
+    "tests/test_learned_kernel.py::test_es_estimate",
+    "tests/test_modules.py::test_batch_norm_state",
+    "tests/test_learned_lr.py::test_meta_training",
+    "tests/test_fewshot_baselines.py",
+    "tests/test_configs.py::test_config_validates",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order

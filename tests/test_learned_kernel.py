@@ -286,18 +286,21 @@ def test_meta_trained_kernel_with_memory_beats_tuned_gradient_descent_at_high_no
     learner = metax.learner.LearnedKernel(module(), None, steps, kernel, optax.adam(3e-3))
     held_out = quadratic_tasks(jax.random.PRNGKey(99), 2000, dim)
     meta_state = learner.reset(jax.random.PRNGKey(0), held_out.train.x[0])
-    update = jax.jit(learner.update)
-    for step in range(600):
-        meta_state, _ = update(jax.random.PRNGKey(step), meta_state, quadratic_tasks(jax.random.PRNGKey(1000 + step), 64, dim))
+
+    def meta_step(state, step):  # the tasks are drawn inside the scan: one compiled program
+        batch = quadratic_tasks(jax.random.PRNGKey(1000 + step), 64, dim)
+        return learner.update(jax.random.PRNGKey(step), state, batch)[0], None
+
+    meta_state, _ = jax.jit(lambda state: jax.lax.scan(meta_step, state, jnp.arange(300)))(meta_state)
     rng = jax.random.PRNGKey(7)  # the same gradient noise for every method
     learned = float(jax.jit(learner.eval, static_argnames="steps")(rng, meta_state, held_out, steps)[1]["loss_outer"])
 
     # Gradient descent with its learning rate tuned on the held-out problems themselves.
     sgd = metax.learner.ModelAgnosticMetaLearning(module(), None, steps, metax.kernel.ScalarLR(0.1), optax.sgd(0.0))
     sgd_state = sgd.reset(jax.random.PRNGKey(0), held_out.train.x[0])
-    evaluate = jax.jit(lambda lr: sgd.eval(rng, sgd_state._replace(hparams=sgd_state.hparams._replace(optimizer=jnp.log(lr))), held_out, steps)[1]["loss_outer"])
+    evaluate = lambda lr: sgd.eval(rng, sgd_state._replace(hparams=sgd_state.hparams._replace(optimizer=jnp.log(lr))), held_out, steps)[1]["loss_outer"]
     rates = np.geomspace(0.02, 0.3, 15)
-    gd = np.array([float(evaluate(lr)) for lr in rates])
+    gd = np.asarray(jax.jit(jax.vmap(evaluate))(jnp.asarray(rates)))
     assert 0 < np.argmin(gd) < len(rates) - 1  # the best rate is inside the grid
     optimum = 0.5 * 4 * 1.0 / (1 + steps / sigma**2)  # Bayes error of z* ~ N(0, I) given steps noisy gradients, a = 1
     assert learned < 0.95 * gd.min(), (learned, gd.min())
