@@ -290,12 +290,6 @@ def _distributed(args) -> None:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
-    # The first collective waits for every process to finish compiling; gloo gives up after
-    # 30 s, which processes on a loaded machine exceed (measured: a two-process run failed
-    # in "Gloo context initialization"). A dead peer is still noticed at once: its socket
-    # closes. Read when the backend starts, which is after this.
-    if "xla_cpu_collective_timeout_seconds" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_collective_timeout_seconds=600").strip()
     # A peer that dies must not leave the others in a barrier for minutes (JAX's defaults:
     # 100 s without heartbeats, 300 s at shutdown) before they abort: fail within ~20 s.
     timeout = int(os.environ.get("METAX_DISTRIBUTED_TIMEOUT", "20"))
