@@ -101,7 +101,7 @@ LONGEST_FIRST = (
     "tests/test_learned_kernel.py::test_meta_trained_kernel",
     "tests/test_convolution.py::test_maml_meta_gradient",
     "tests/test_modules.py::test_cavia_contexts",
-    "tests/test_parallel.py",
+    "tests/test_parallel.py",  # three two-process runs
     "tests/test_maml.py::test_update_averages",
     "tests/test_toy_md_cli.py::test_quick_run",
     "tests/test_readme.py::test_training_from_python",

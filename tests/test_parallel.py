@@ -71,3 +71,29 @@ def test_two_processes_reach_the_single_process_meta_state(single, tmp_path):
         assert worker.returncode == 0, stderr
     for a, b in zip(reference, final_leaves(tmp_path / "two")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_killed_peer_stops_the_other_process_within_seconds_with_a_message(tmp_path):
+    """Without metax's timeouts and early exit, the survivor waited 84 s in JAX's shutdown
+    barrier and then died of SIGABRT."""
+    import signal
+    import time
+
+    config = tmp_path / "long.yaml"
+    config.write_text(tiny_config("{steps: 1000000, meta_batch_size: 2, chunk: 10}", "{tasks: 2}"))
+    address, out = f"127.0.0.1:{free_port()}", tmp_path / "two"
+    workers = [
+        subprocess.Popen(command(config, out, "--devices", "2", "--coordinator", address, "--num-processes", "2",
+                                 "--process-id", str(rank)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for rank in range(2)
+    ]
+    metrics, deadline = out / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):  # both are training
+        assert all(worker.poll() is None for worker in workers), workers[0].stderr.read()
+        time.sleep(0.05)
+    workers[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    _, stderr = workers[0].communicate(timeout=120)
+    assert time.time() - killed < 45, time.time() - killed  # JAX's own default: 100 s, then SIGABRT
+    assert workers[0].returncode == 1, (workers[0].returncode, stderr)
+    assert "this process of a multi-process run stops now" in stderr, stderr
