@@ -18,13 +18,14 @@ def _modules() -> dict:
 
 
 def _imports(tree: ast.AST, modules: dict, lazy: bool) -> set:
-    """metax modules a module imports: at module level (outside `if TYPE_CHECKING:`), or
-    anywhere with `lazy` (imports inside functions run later, but still run)."""
-    nodes = ast.walk(tree) if lazy else (
-        n for top in tree.body
-        if not (isinstance(top, ast.If) and "TYPE_CHECKING" in ast.unparse(top.test))
-        for n in (ast.walk(top) if isinstance(top, (ast.If, ast.Try)) else [top])
-    )
+    """metax modules a module imports: at module level, or anywhere with `lazy` (imports
+    inside functions run later, but still run); never those under `if TYPE_CHECKING:`,
+    which only type checkers run."""
+    body = [top for top in tree.body if not (isinstance(top, ast.If) and "TYPE_CHECKING" in ast.unparse(top.test))]
+    if lazy:
+        nodes = (n for top in body for n in ast.walk(top))
+    else:
+        nodes = (n for top in body for n in (ast.walk(top) if isinstance(top, (ast.If, ast.Try)) else [top]))
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -70,6 +71,18 @@ def test_cycles_finds_a_planted_circle():
 def test_no_module_level_import_cycle_in_metax():
     found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" -> ".join(c) for c in found)
+
+
+def test_no_cycle_even_through_imports_inside_functions():
+    found = cycles(import_graph(lazy=True))
+    assert not found, "import cycles: " + "; ".join(" -> ".join(c) for c in found)
+
+
+def test_the_library_never_imports_the_runner():
+    """Only the runner itself (metax.experiment) and the package root may import it."""
+    graph = import_graph(lazy=True)
+    users = {m for m, deps in graph.items() if any(d.startswith("metax.experiment") for d in deps)}
+    assert {m for m in users if not m.startswith("metax.experiment")} <= {"metax", "metax.__main__"}, users
 
 
 def test_registry_builtins_schema_import_in_one_direction():

@@ -20,7 +20,13 @@ class ScaledMAML(metax.learner.ModelAgnosticMetaLearning):
         self.scale = scale
 
 
-metax.experiment.register("learner", "test_scaled_maml", ScaledMAML)
+@pytest.fixture(autouse=True, scope="module")
+def scaled_maml_registered():
+    """Registered for this module's tests only: the registry is global, and other tests
+    (a config for every registered learner) must not see it."""
+    metax.experiment.register("learner", "test_scaled_maml", ScaledMAML)
+    yield
+    metax.experiment.registry("learners")._entries.pop("test_scaled_maml")
 
 
 def _learner_config(**learner) -> dict:
