@@ -11,7 +11,7 @@ import tempfile
 # against independent computations with tolerances that hold at any level.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-# jax's switch for the same trade (it also skips XLA's costlier HLO passes): measured on the
+# jax's switch for the same trade (also LLVM's expensive passes off): measured on the
 # conformance and modules files, cold cache, 265 s -> 209 s. Subprocesses inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
