@@ -11,9 +11,6 @@ import tempfile
 # against independent computations with tolerances that hold at any level.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-# jax's switch for the same trade (also LLVM's expensive passes off): measured on the
-# conformance and modules files, cold cache, 265 s -> 209 s. Subprocesses inherit it.
-os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import haiku as hk  # noqa: E402
 import jax  # noqa: E402
