@@ -25,6 +25,7 @@ import numpy as np
 import metax
 from metax.experiment.io import write_json_atomic, write_text_atomic
 from metax.experiment.loop import run_keys, sample_held_out
+from metax.experiment.plots import pyplot, save_figure
 from metax.experiment.registry import registry
 from metax.experiment.stats import interval_over_seeds
 
@@ -169,12 +170,7 @@ def table(results: dict) -> str:
 
 
 def plot_curves(results: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure, axis = pyplot().subplots(figsize=(6.4, 4.2))
     for learner, curves in results["curves"].items():
         for seed, curve in enumerate(curves):
             steps, acc, half = (np.asarray(v) for v in zip(*curve))
@@ -186,43 +182,35 @@ def plot_curves(results: dict, path: str) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
+
+
+def image_row(axes, images, titles, fontsize: int) -> None:
+    """One row of the episode figure: each image with its title."""
+    for axis, image, title in zip(axes, images, titles):
+        axis.imshow(image[:, :, 0], cmap="gray_r")
+        axis.set_title(title, fontsize=fontsize)
 
 
 def plot_episodes(config_path: str, runs_path: str | None, path: str, task_set: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     config = metax.experiment.load_config(config_path, task_set)
     args = {k: v for k, v in config.task.items() if k != "name"}
     spec = registry("tasks").get("omniglot").target("test", **{**args, "ways": 5, "shots": 1, "queries": 3, "held_out": "test"})
     task = jax.device_get(jax.tree_util.tree_map(lambda a: a[0], sample_held_out(run_keys(0).eval_tasks, spec.sample_task, 2, 2)))
     rows = 2 + (2 if runs_path else 0)
-    figure, axes = plt.subplots(rows, 10, figsize=(10, rows * 1.15))
+    figure, axes = pyplot().subplots(rows, 10, figsize=(10, rows * 1.15))
     for axis in axes.ravel():
         axis.axis("off")
-    for c in range(5):
-        axes[0, c].imshow(task.train.x[c, :, :, 0], cmap="gray_r")
-        axes[0, c].set_title(f"class {int(task.train.y[c])}", fontsize=7)
-    for q in range(10):
-        axes[1, q].imshow(task.test.x[q, :, :, 0], cmap="gray_r")
-        axes[1, q].set_title(f"query: {int(task.test.y[q])}", fontsize=7)
+    image_row(axes[0, :5], task.train.x, [f"class {int(y)}" for y in task.train.y[:5]], 7)
+    image_row(axes[1], task.test.x, [f"query: {int(y)}" for y in task.test.y[:10]], 7)
     axes[0, 5].text(0, 0.5, "held-out alphabets\n5-way 1-shot:\nsupport (top),\nqueries (below)", fontsize=7, va="center")
     if runs_path:
         runs = metax.data.load_lake_runs(runs_path, size=int(args.get("image_size", 28)))
         run = jax.tree_util.tree_map(lambda a: np.asarray(a)[0], runs.tasks)
-        for c in range(10):
-            axes[2, c].imshow(run.train.x[c, :, :, 0], cmap="gray_r")
-            axes[2, c].set_title(f"run01 class {c + 1}", fontsize=6)
-        for q in range(10):
-            axes[3, q].imshow(run.test.x[q, :, :, 0], cmap="gray_r")
-            axes[3, q].set_title(f"item {q + 1}: class {int(run.test.y[q]) + 1}", fontsize=6)
+        image_row(axes[2], run.train.x, [f"run01 class {c + 1}" for c in range(10)], 6)
+        image_row(axes[3], run.test.x, [f"item {q + 1}: class {int(y) + 1}" for q, y in enumerate(run.test.y[:10])], 6)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
 
 
 def main(argv=None) -> dict:
