@@ -51,3 +51,30 @@ def test_a_program_s_own_handler_is_left_alone():
         assert signal.getsignal(signal.SIGINT) is mine
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+STUDY = """
+import atexit, os, signal, sys, time
+from metax.experiment.signals import run_study
+atexit.register(lambda: print("interpreter shutdown ran", flush=True))
+
+def main():
+    os.kill(os.getpid(), signal.SIG{name})
+    time.sleep(30)  # the signal lands here, as in a long compiled call
+    return 0
+
+sys.exit(run_study(main, "demo.py"))
+"""
+
+
+def test_a_study_script_stops_with_one_line_and_skips_the_shutdown_that_crashed():
+    # Interrupted in a compilation, experiments/dynamics/run.py died with SIGSEGV during the
+    # interpreter's shutdown; run_study leaves through os._exit, so no shutdown runs at all.
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", STUDY.format(name="INT")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert "demo.py: stopped by SIGINT; files written before the stop are kept" in result.stderr
+    assert "interpreter shutdown ran" not in result.stdout
+    assert "Traceback" not in result.stderr

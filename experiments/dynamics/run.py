@@ -30,6 +30,7 @@ import metax.dynamics as dyn
 from metax.experiment import refuse_overwrite, write_json_atomic
 from metax.experiment.args import comma_list, non_negative_int, positive_float, positive_int, study_parser
 from metax.experiment.plots import pyplot, save_figure
+from metax.experiment.signals import run_study
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELD_OUT = "mlp-d2-w32-relu,mlp-d3-w48-tanh,mlp-d1-w24-relu,conv-d1-w12-relu,conv-d2-w12-relu"
@@ -280,4 +281,4 @@ def plot(args, config, predictor, val_rows, curves, summary):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_study(main, "experiments/dynamics/run.py", rerun="run the same command again: the sweep continues where it stopped"))

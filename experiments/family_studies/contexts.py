@@ -15,6 +15,7 @@ import numpy as np
 
 import metax
 from metax.experiment.plots import pyplot, save_figure
+from metax.experiment.signals import run_study
 
 
 def main(argv=None) -> int:
@@ -59,4 +60,4 @@ def plot(contexts, families, path):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_study(main, "experiments/family_studies/contexts.py"))

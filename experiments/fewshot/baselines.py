@@ -39,6 +39,7 @@ from tqdm import tqdm
 import metax
 from metax.experiment import HeldOutEvaluator, interval, refuse_overwrite, write_json_atomic
 from metax.experiment.args import study_parser
+from metax.experiment.signals import run_study
 
 QUICK = dict(tasks=20, scratch_steps=3, pretrain_steps=20, finetune_steps=3, width=8, chunk=10)
 
@@ -211,4 +212,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_study(main, "experiments/fewshot/baselines.py"))

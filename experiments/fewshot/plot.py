@@ -12,12 +12,14 @@ initialisation adapted the same way) and `baselines/metrics.json` of `baselines.
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
 from metax.experiment import markdown_table
 from metax.experiment.io import write_json_atomic, write_text_atomic
 from metax.experiment.plots import pyplot, save_figure
+from metax.experiment.signals import run_study
 
 METHODS = {"maml": "MAML", "anil": "ANIL", "reptile": "Reptile", "cavia": "CAVIA"}
 BASELINES = {"scratch": "scratch (no meta-learning)", "finetune": "finetune (pre-train + new head)"}
@@ -114,4 +116,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_study(main, "experiments/fewshot/plot.py"))

@@ -45,6 +45,7 @@ import metax
 from metax.experiment import format_interval, markdown_table, refuse_overwrite, write_json_atomic
 from metax.experiment.args import comma_list, non_negative_float, non_negative_int, positive_float, positive_int, study_parser
 from metax.experiment.plots import pyplot, save_figure
+from metax.experiment.signals import run_study
 
 METHODS = ("gd", "momentum", "adam", "kernel")
 
@@ -372,4 +373,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_study(main, "experiments/noisy_inference/run.py"))

@@ -36,6 +36,7 @@ import metax
 from metax.experiment import refuse_overwrite, write_json_atomic
 from metax.experiment.loop import run_keys, sample_held_out
 from metax.experiment.registry import registry
+from metax.experiment.signals import run_study
 from metax.experiment.stats import interval
 
 
@@ -156,4 +157,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    sys.exit(run_study(main, "experiments/omniglot/baselines.py"))

@@ -18,6 +18,7 @@ import argparse
 import glob
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -27,6 +28,7 @@ from metax.experiment.io import write_json_atomic, write_text_atomic
 from metax.experiment.loop import run_keys, sample_held_out
 from metax.experiment.plots import pyplot, save_figure
 from metax.experiment.registry import registry
+from metax.experiment.signals import run_study
 from metax.experiment.stats import interval_over_seeds
 
 LEARNERS = {"maml": "MAML (second order)", "fomaml": "first-order MAML", "reptile": "Reptile", "anil": "ANIL", "metasgd": "Meta-SGD"}
@@ -241,4 +243,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_study(main, "experiments/omniglot/report.py"))

@@ -38,6 +38,7 @@ if importlib.util.find_spec("metax") is None:  # run from a checkout without ins
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from metax.experiment import write_json_atomic  # noqa: E402
 from metax.experiment.plots import pyplot, save_figure  # noqa: E402
+from metax.experiment.signals import run_study  # noqa: E402
 from metax.tilt import (  # noqa: E402
     PC_SAMPLERS,
     SAMPLERS,
@@ -411,4 +412,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_study(main, "experiments/toy_md/run_toy_md.py"))

@@ -10,9 +10,11 @@ completed chunk and raise `Interrupted`. A second signal raises at once, for a u
 does not want to wait for the chunk.
 """
 
+import os
 import signal
+import sys
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PENDING: list = [None]  # a signal raised outside the loops, in case something swallowed it
@@ -84,3 +86,32 @@ def install_handlers() -> None:
 
         for signum in SIGNALS:
             signal.signal(signum, handler)
+
+
+def run_study(main: Callable[[], object], prog: str, rerun: str = "run the same command again to start over") -> int:
+    """Runs a study script's `main()` and returns its exit status (its int result, else 0);
+    on SIGINT / SIGTERM it prints one line (ending with `rerun`) and leaves at once with
+    130 / 143.
+
+    Study scripts call compiled programs for minutes. Interrupted there, the usual
+    `KeyboardInterrupt` unwinds while XLA's threads may still hold the program, and the
+    interpreter's shutdown can then crash (a study interrupted during a compilation died
+    with SIGSEGV). Leaving with `os._exit` skips that shutdown; the scripts write their
+    results atomically at the end, so nothing half-written stays behind.
+
+    Example:
+      >>> from metax.experiment.signals import run_study
+      >>> run_study(lambda: None, "demo.py"), run_study(lambda: 3, "demo.py")  # None is success
+      (0, 3)
+    """
+    install_handlers()
+    try:
+        code = main()
+        return code if isinstance(code, int) else 0
+    except KeyboardInterrupt as error:  # Interrupted from the handlers, or a plain Ctrl-C
+        name = getattr(error, "name", "SIGINT")
+        print(f"{prog}: stopped by {name}; files written before the stop are kept, nothing half-written; {rerun}",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(getattr(error, "exit_code", 130))
