@@ -78,16 +78,18 @@ def tiny_config(
     steps_inner: int = 2,
     hidden_dims: str = "[8]",
     optim_fn_outer: str = "{name: adam, learning_rate: 0.01}",
+    learner: str = "maml",
 ) -> str:
     """The suite's tiny runner config as YAML text: MAML on a learned initialisation of an
     8-unit MLP, 5-shot sinusoids. The runner's tests vary only the `train` and `eval`
-    sections and a few learner settings, so one copy serves them all."""
+    sections and a few learner settings, so one copy serves them all (it starts with a
+    newline: the config's first key is on line 2)."""
     return f"""
 task: {{name: sinusoid, shots_train: 5, shots_test: 5}}
 model: {{name: mlp, hidden_dims: {hidden_dims}}}
 module: {{name: learned_init}}
 learner:
-  name: maml
+  name: {learner}
   steps_inner: {steps_inner}
   optim_fn_inner: {{name: sgd, learning_rate: 0.05}}
   optim_fn_outer: {optim_fn_outer}

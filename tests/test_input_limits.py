@@ -11,19 +11,10 @@ import yaml
 
 from metax.experiment.cli import main
 from metax.experiment.schema import _key_lines
+from conftest import tiny_config
 
-TINY = """\
-task: {name: sinusoid, shots_train: 3, shots_test: 3}
-model: {name: mlp, hidden_dims: [4]}
-module: {name: learned_init}
-learner:
-  name: maml
-  steps_inner: 1
-  optim_fn_inner: {name: sgd, learning_rate: 0.05}
-  optim_fn_outer: {name: adam, learning_rate: 0.01}
-train: {steps: 2, meta_batch_size: 2}
-eval: {tasks: 2}
-"""
+# The suite's tiny config, first key on line 1 (the line numbers below count from it).
+TINY = tiny_config("{steps: 2, meta_batch_size: 2}", steps_inner=1, hidden_dims="[4]").lstrip("\n")
 
 
 def alias_bomb(depth: int) -> str:

@@ -10,6 +10,7 @@ import yaml
 import metax
 from metax.experiment.registry import builder_parameters
 from metax.learner.remat import Remat
+from conftest import tiny_config
 
 
 class ScaledMAML(metax.learner.ModelAgnosticMetaLearning):
@@ -30,16 +31,7 @@ def scaled_maml_registered():
 
 
 def _learner_config(**learner) -> dict:
-    config = yaml.safe_load("""
-task: {name: sinusoid, shots_train: 5, shots_test: 5}
-model: {name: mlp, hidden_dims: [4]}
-module: {name: learned_init}
-learner:
-  name: test_scaled_maml
-  steps_inner: 2
-  optim_fn_inner: {name: sgd, learning_rate: 0.05}
-  optim_fn_outer: {name: adam, learning_rate: 0.01}
-""")
+    config = yaml.safe_load(tiny_config(learner="test_scaled_maml", hidden_dims="[4]"))
     config["learner"].update(learner)
     return config
 
