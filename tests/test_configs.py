@@ -16,6 +16,9 @@ SHORT = [
     "--set", "train.steps=2", "--set", "train.meta_batch_size=2", "--set", "train.checkpoint_every=1",
     "--set", "train.eval_every=null", "--set", "eval.tasks=2", "--set", "eval.batch_size=2",
 ]
+# `metax run` builds and traces the config as `metax validate` does (cli._load), at the short
+# run's sizes, so `validate` itself is run on one config only (~1 s of tracing each saved).
+VALIDATED = "linear-reptile"
 
 
 def test_there_is_a_config_for_every_learner_and_module():
@@ -50,8 +53,9 @@ def test_config_validates_and_a_short_run_writes_its_metrics(path, tmp_path, cap
         # Real data: validated (built and traced) only; tests/test_omniglot.py runs the task.
         assert main(["validate", str(path), *_omniglot_data(path)]) == 0
         return
-    assert main(["validate", str(path)]) == 0
-    assert "valid" in capsys.readouterr().out
+    if path.stem == VALIDATED:
+        assert main(["validate", str(path)]) == 0
+        assert "valid" in capsys.readouterr().out
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--no-plots", *SHORT]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

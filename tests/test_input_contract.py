@@ -62,14 +62,15 @@ def test_nan_in_the_data_is_counted_not_raised():
     learner = maml(steps=3)
     batch = sinusoid_batch(2, 3)
     state = learner.reset(jax.random.PRNGKey(0), batch.train.x[0])
-    update = jax.jit(learner.update)
-    _, clean = update(jax.random.PRNGKey(1), state, batch)
+    # The update and the evaluation in one compiled program, called on clean and poisoned data.
+    update_and_eval = jax.jit(lambda batch: (learner.update(jax.random.PRNGKey(1), state, batch)[1],
+                                             learner.eval(jax.random.PRNGKey(2), state, batch, 3, per_task=True)[1]))
+    clean, clean_per_task = update_and_eval(batch)
     assert int(clean["nonfinite_inner"]) == 0 and int(clean["nonfinite_outer"]) == 0
-    _, bad = update(jax.random.PRNGKey(1), state, poisoned(batch))
+    np.testing.assert_array_equal(clean_per_task["nonfinite_inner"], [0, 0, 0])
+    bad, per_task = update_and_eval(poisoned(batch))
     # One task of three: its 3 inner losses are NaN, and so is its meta-gradient.
     assert int(bad["nonfinite_inner"]) == 3 and int(bad["nonfinite_outer"]) == 1
-    evaluate = jax.jit(learner.eval, static_argnames=("steps", "per_task"))
-    _, per_task = evaluate(jax.random.PRNGKey(2), state, poisoned(batch), 3, per_task=True)
     np.testing.assert_array_equal(per_task["nonfinite_inner"], [0, 3, 0])
 
 
@@ -104,14 +105,17 @@ def test_the_kernels_no_longer_raise_from_a_callback_by_default():
 def test_divergent_neumann_series_shows_in_its_metric(float64):
     # The ratio of the last Neumann term to the first is (1 - alpha lambda)^steps along an eigenvector.
     hessian = jnp.diag(jnp.array([1.0, 4.0]))
-    solve = metax.learner.linear_solve.neumann_series(20, 0.25)
-    x, ratio = solve(lambda v: hessian @ v, jnp.array([0.0, 1.0]))
+    solve, diverging = (metax.learner.linear_solve.neumann_series(20, alpha) for alpha in (0.25, 0.6))
+
+    def three_solves(hessian, e_0, e_1):  # one compiled program (run eagerly, each scan compiles on its own)
+        matvec = lambda v: hessian @ v
+        return solve(matvec, e_1), solve(matvec, e_0), diverging(matvec, e_1)
+
+    (_, ratio), (x, ratio_1), (_, ratio_2) = jax.jit(three_solves)(hessian, jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]))
     np.testing.assert_allclose(ratio, 0.0, atol=1e-12)  # (1 - 0.25 * 4)^20
-    x, ratio = solve(lambda v: hessian @ v, jnp.array([1.0, 0.0]))
-    np.testing.assert_allclose(ratio, 0.75**20, rtol=1e-12)
+    np.testing.assert_allclose(ratio_1, 0.75**20, rtol=1e-12)
     np.testing.assert_allclose(x, [1 - 0.75**21, 0.0], rtol=1e-12)  # -> H^{-1} b = (1, 0)
-    _, ratio = metax.learner.linear_solve.neumann_series(20, 0.6)(lambda v: hessian @ v, jnp.array([0.0, 1.0]))
-    np.testing.assert_allclose(ratio, 1.4**20, rtol=1e-12)  # alpha > 2 / lambda_max: diverges
+    np.testing.assert_allclose(ratio_2, 1.4**20, rtol=1e-12)  # alpha > 2 / lambda_max: diverges
     # RecurrentBackpropagation reports it for its own solve.
     task = ridge_task(0)
     learner = metax.learner.RecurrentBackpropagation(ridge_module(), None, 2, 20, optax.sgd(inner_lr(task)), optax.sgd(0.1), 5.0)
@@ -176,18 +180,21 @@ def test_anil_body_gets_the_exact_implicit_meta_gradient(float64):
         pred = features(body, task.test.x) @ head["head"]["w"] + head["head"]["b"]
         return jnp.mean((pred - task.test.y) ** 2)
 
-    eps = 1e-6
-    fd = np.array([(outer(body_flat + eps * e) - outer(body_flat - eps * e)) / (2 * eps) for e in np.eye(body_flat.size)])
-    hparams = hparams._replace(head_init=head_star(hparams.body))  # the inner loop starts at its optimum
+    def by_hand(body_flat, eps=1e-6):  # one compiled program (eagerly: one compile per op)
+        directions = jnp.eye(body_flat.size, dtype=body_flat.dtype)
+        fd = jax.vmap(lambda e: (outer(body_flat + eps * e) - outer(body_flat - eps * e)) / (2 * eps))(directions)
+        body = unravel_body(body_flat)
+        return fd, head_star(body), jnp.concatenate([features(body, task.train.x), jnp.ones((20, 1))], axis=1)
 
-    design = np.concatenate([np.asarray(features(hparams.body, task.train.x)), np.ones((20, 1))], axis=1)
+    fd, head, design = jax.device_get(jax.jit(by_hand)(body_flat))
+    hparams = hparams._replace(head_init=head)  # the inner loop starts at its optimum
     eig = np.linalg.eigvalsh(2 / 20 * design.T @ design)
     alpha, terms = 1.0 / eig[-1], int(30 * eig[-1] / eig[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rbp = metax.learner.RecurrentBackpropagation(module, None, 1, terms, optax.sgd(1e-3), optax.sgd(1.0), alpha)
-    for learner, tolerance in ((cg, 1e-6), (rbp, 1e-5)):
-        hgrads, _, metrics = jax.jit(learner.grad)(jax.random.PRNGKey(2), hstate, hparams, task)
+    both = jax.jit(lambda hstate, hparams, task: [learner.grad(jax.random.PRNGKey(2), hstate, hparams, task)[0] for learner in (cg, rbp)])
+    for hgrads, learner, tolerance in zip(both(hstate, hparams, task), (cg, rbp), (1e-6, 1e-5)):
         analytic = np.asarray(ravel_pytree(hgrads.body)[0])
         assert np.linalg.norm(analytic - fd) / np.linalg.norm(fd) < tolerance, type(learner).__name__
         assert np.all(ravel_pytree(hgrads.head_init)[0] == 0.0)
@@ -253,7 +260,7 @@ def test_truncation_and_remat_are_options_of_the_shared_loop(float64):
     learner = maml(steps=2, inner=metax.kernel.ScalarLR(0.05), truncation=1, remat=True)
     assert (learner.truncation, learner.remat) == (1, True)
     state = learner.reset(jax.random.PRNGKey(0), task.train.x)
-    grads = learner.grad(jax.random.PRNGKey(1), state.hstate, state.hparams, task)[0]
+    grads = jax.jit(learner.grad)(jax.random.PRNGKey(1), state.hstate, state.hparams, task)[0]  # eagerly: one compile per op
     # The initialisation acts only through the carry that truncation cuts; the rate acts in the last step.
     assert np.all(np.asarray(ravel_pytree(grads.module)[0]) == 0)
     assert abs(float(grads.optimizer)) > 1e-6
@@ -268,16 +275,20 @@ def test_descend_returns_the_trajectory_of_a_hand_written_loop(float64):
     learner = maml(steps=3)
     task = jax.tree_util.tree_map(lambda a: a[0], sinusoid_batch(6, 1, dtype=jnp.float64))
     state = learner.reset(jax.random.PRNGKey(0), task.train.x)
-    params, net_state = learner.meta_model.reset_params(jax.random.PRNGKey(0), state.hparams, state.hstate, task.train.x)
-    energy = learner.support_energy(state.hstate, task.train)
-    _, final, losses, _, trajectory = learner.descend(
-        jax.random.PRNGKey(1), net_state, params, state.hparams, energy, optax.sgd(0.1), 3, return_trajectory=True
-    )
-    expected = params
+
+    def descend_and_by_hand(hparams, hstate, task):  # one compiled program (eagerly: one compile per op)
+        params, net_state = learner.meta_model.reset_params(jax.random.PRNGKey(0), hparams, hstate, task.train.x)
+        energy = learner.support_energy(hstate, task.train)
+        descended = learner.descend(jax.random.PRNGKey(1), net_state, params, hparams, energy, optax.sgd(0.1), 3, return_trajectory=True)
+        expected = [params]
+        for _ in range(3):
+            grads = jax.grad(lambda p: energy(jax.random.PRNGKey(0), net_state, p, hparams)[0])(expected[-1])
+            expected.append(jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, expected[-1], grads))
+        return descended, expected[1:]
+
+    (_, final, losses, _, trajectory), expected = jax.jit(descend_and_by_hand)(state.hparams, state.hstate, task)
     for k in range(3):
-        grads = jax.grad(lambda p: energy(jax.random.PRNGKey(0), net_state, p, state.hparams)[0])(expected)
-        expected = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, expected, grads)
-        np.testing.assert_allclose(ravel_pytree(jax.tree_util.tree_map(lambda a: a[k], trajectory))[0], ravel_pytree(expected)[0], rtol=1e-12)
+        np.testing.assert_allclose(ravel_pytree(jax.tree_util.tree_map(lambda a: a[k], trajectory))[0], ravel_pytree(expected[k])[0], rtol=1e-12)
     np.testing.assert_array_equal(ravel_pytree(final)[0], ravel_pytree(jax.tree_util.tree_map(lambda a: a[-1], trajectory))[0])
     assert losses.shape == (3,)
 
@@ -332,11 +343,12 @@ def test_metax_style_model_code_builds_modules():
     tests/test_conformance.py trains every learner on such bodies)."""
     x = jnp.ones((6, 1))
     anil = metax.module.AlmostNoInnerLoop(SQ(), SQ(), body=metax.models.MultilayerPerceptron([8, 8], activate_final=True), output_dim=1)
-    hparams, _ = anil.reset_hparams(jax.random.PRNGKey(0), x)
+    # Shapes only: traced, not run (eagerly every initialiser op would compile on its own).
+    hparams, _ = jax.eval_shape(anil.reset_hparams, jax.random.PRNGKey(0), x)
     assert hparams.head_init["head"]["w"].shape == (8, 1)
     gainmod = metax.module.GainMod(SQ(), SQ(), body=metax.models.MultilayerPerceptron([8, 8], activate_final=True),
                                    hidden_dims=[8, 8], output_dim=1, adapt_head=True, reg_strength=0.01)
-    hparams, _ = gainmod.reset_hparams(jax.random.PRNGKey(0), x)
+    hparams, _ = jax.eval_shape(gainmod.reset_hparams, jax.random.PRNGKey(0), x)
     assert [g.shape for g in hparams.gain_init] == [(8,), (8,)]
 
 
@@ -355,10 +367,14 @@ def test_cma_es_elite_ratio_puts_the_weights_on_the_best_members():
     batch = sinusoid_batch(7, 2)
     state = learner.reset(jax.random.PRNGKey(0), batch.train.x[0])
     rng = jax.random.PRNGKey(1)
-    new_state, metrics = jax.jit(learner.update)(rng, state, batch)
-    population, _ = learner.strategy.ask(jax.random.split(rng, 3)[0], *state.optim)
-    losses = jax.jit(jax.vmap(lambda h: jnp.mean(jax.vmap(learner.outer_loss, in_axes=(0, None, None, 0, None))(
-        jax.random.split(jax.random.split(rng, 3)[2], 2), state.hstate, h, batch, 1)[0])))(population)
+
+    def update_and_by_hand(rng, state, batch):  # the update, and every member's fitness by hand: one compiled program
+        population, _ = learner.strategy.ask(jax.random.split(rng, 3)[0], *state.optim)
+        losses = jax.vmap(lambda h: jnp.mean(jax.vmap(learner.outer_loss, in_axes=(0, None, None, 0, None))(
+            jax.random.split(jax.random.split(rng, 3)[2], 2), state.hstate, h, batch, 1)[0]))(population)
+        return learner.update(rng, state, batch), population, losses
+
+    (new_state, metrics), population, losses = jax.jit(update_and_by_hand)(rng, state, batch)
     best = int(jnp.argmin(losses))
     np.testing.assert_allclose(ravel_pytree(new_state.hparams)[0], ravel_pytree(jax.tree_util.tree_map(lambda a: a[best], population))[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(metrics["fitness_best"], losses[best], rtol=1e-5)
