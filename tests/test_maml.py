@@ -94,7 +94,8 @@ def test_update_averages_per_task_meta_gradients_and_jit_matches_eager():
     new_state_jit, metrics_jit = jax.jit(learner.update)(rng, meta_state, batch)
 
     rngs = jax.random.split(rng, 4)
-    per_task = [learner.grad(rngs[i], meta_state.hstate, meta_state.hparams, one_task(batch, i)) for i in range(4)]
+    grad = jax.jit(learner.grad)  # one program for the four tasks (eagerly, each op compiles alone)
+    per_task = [grad(rngs[i], meta_state.hstate, meta_state.hparams, one_task(batch, i)) for i in range(4)]
     mean_grad = jax.tree_util.tree_map(lambda *g: sum(g) / 4, *[g for g, _, _ in per_task])
     expected = jax.tree_util.tree_map(lambda h, g: h - g, meta_state.hparams, mean_grad)
 
@@ -245,29 +246,42 @@ def test_first_order_classification_by_hand(float64):
     flat = lambda tree: np.asarray(ravel_pytree(tree)[0])
     xent = metax.energy.CrossEntropy()
 
+    # Each case's meta-gradient and its hand-written reference in one compiled program
+    # (run eagerly, the reference compiled every op on its own).
     net = tiny_mlp((5,), ways)
     full = metax.module.LearnedInit(xent, xent, base_learner=net)
     for k in (0, steps):
         learner = make_maml(k, first_order=True, lr=lr, meta_model=full)
         meta_state = learner.reset(keys[2], task.train.x)
-        hgrads = jax.jit(learner.grad)(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
-        forward = lambda w, x: net.apply(w, meta_state.hstate.base_learner, None, x, True)[0]
-        weights = meta_state.hparams.base_learner_init
-        for _ in range(k):
-            weights = sgd(weights, jax.grad(lambda w: ce(forward(w, task.train.x), task.train.y))(weights))
-        expected = jax.grad(lambda w: ce(forward(w, task.test.x), task.test.y))(weights)
+
+        @jax.jit
+        def meta_gradient_and_reference(meta_state):
+            hgrads = learner.grad(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
+            forward = lambda w, x: net.apply(w, meta_state.hstate.base_learner, None, x, True)[0]
+            weights = meta_state.hparams.base_learner_init
+            for _ in range(k):
+                weights = sgd(weights, jax.grad(lambda w: ce(forward(w, task.train.x), task.train.y))(weights))
+            return hgrads, jax.grad(lambda w: ce(forward(w, task.test.x), task.test.y))(weights)
+
+        hgrads, expected = meta_gradient_and_reference(meta_state)
         np.testing.assert_allclose(flat(hgrads), flat(expected), rtol=1e-10, atol=1e-12)
 
     body = tiny_mlp((5,), 4)
     anil = metax.module.AlmostNoInnerLoop(xent, xent, body=body, output_dim=ways)
     learner = make_maml(steps, first_order=True, lr=lr, meta_model=anil)
     meta_state = learner.reset(keys[2], task.train.x)
-    hgrads = jax.jit(learner.grad)(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
-    features = lambda b, x: body.apply(b, meta_state.hstate.body, None, x, True)[0]
-    logits = lambda b, head, x: features(b, x) @ head["head"]["w"] + head["head"]["b"]
-    head = meta_state.hparams.head_init
-    for _ in range(steps):
-        head = sgd(head, jax.grad(lambda h: ce(logits(meta_state.hparams.body, h, task.train.x), task.train.y))(head))
-    body_grad, head_grad = jax.grad(lambda b, h: ce(logits(b, h, task.test.x), task.test.y), argnums=(0, 1))(meta_state.hparams.body, head)
+
+    @jax.jit
+    def anil_meta_gradient_and_reference(meta_state):
+        hgrads = learner.grad(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
+        features = lambda b, x: body.apply(b, meta_state.hstate.body, None, x, True)[0]
+        logits = lambda b, head, x: features(b, x) @ head["head"]["w"] + head["head"]["b"]
+        head = meta_state.hparams.head_init
+        for _ in range(steps):
+            head = sgd(head, jax.grad(lambda h: ce(logits(meta_state.hparams.body, h, task.train.x), task.train.y))(head))
+        test_loss = lambda b, h: ce(logits(b, h, task.test.x), task.test.y)
+        return hgrads, jax.grad(test_loss, argnums=(0, 1))(meta_state.hparams.body, head)
+
+    hgrads, (body_grad, head_grad) = anil_meta_gradient_and_reference(meta_state)
     np.testing.assert_allclose(flat(hgrads.body), flat(body_grad), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(flat(hgrads.head_init), flat(head_grad), rtol=1e-10, atol=1e-12)
