@@ -63,19 +63,27 @@ def test_metadynamic_kernel_shapes_dtypes_and_gradient_descent_at_init(dtype):
         z = jax.random.normal(jax.random.PRNGKey(0), (5, 3), dtype)
         g = jax.random.normal(jax.random.PRNGKey(1), (5, 3), dtype)
         plain = kernel_fn()
-        delta = plain.apply(plain.init(jax.random.PRNGKey(2), z, g), z, g)
+        recurrent = kernel_fn(memory_size=4, step_fraction=True, output_scale=0.5)
+
+        # Every init and apply in one compiled program (eagerly, each op compiled alone).
+        @jax.jit
+        def outputs(z, g):
+            delta_plain = plain.apply(plain.init(jax.random.PRNGKey(2), z, g), z, g)
+            psi = recurrent.init(jax.random.PRNGKey(2), z, g, None, 0.0)
+            delta, memory = recurrent.apply(psi, z, g, None, 0.25)
+            delta_later, _ = recurrent.apply(psi, z, g, memory, 0.25)
+            delta_t, _ = recurrent.apply(psi, z, g, None, 0.75)
+            return delta_plain, psi, delta, memory, delta_later, delta_t
+
+        delta, psi, delta_recurrent, memory, delta_later, delta_t = outputs(z, g)
         assert delta.shape == (5, 3) and delta.dtype == dtype
         np.testing.assert_allclose(delta, -0.1 * g, rtol=1e-6)  # moves z along -grad
 
-        recurrent = kernel_fn(memory_size=4, step_fraction=True, output_scale=0.5)
-        psi = recurrent.init(jax.random.PRNGKey(2), z, g, None, 0.0)
         assert all(leaf.dtype == dtype for leaf in jax.tree_util.tree_leaves(psi))
-        delta, memory = recurrent.apply(psi, z, g, None, 0.25)
+        delta = delta_recurrent
         assert delta.shape == (5, 3) and delta.dtype == dtype and memory.shape == (5, 4) and memory.dtype == dtype
         # With a non-zero output scale the network, the memory and t all change the update.
         assert float(jnp.max(jnp.abs(delta + 0.1 * g))) > 1e-3
-        delta_later, _ = recurrent.apply(psi, z, g, memory, 0.25)
-        delta_t, _ = recurrent.apply(psi, z, g, None, 0.75)
         assert float(jnp.max(jnp.abs(delta_later - delta))) > 1e-4 and float(jnp.max(jnp.abs(delta_t - delta))) > 1e-4
 
 
