@@ -91,23 +91,28 @@ def test_coordinatewise_kernel_adapts_any_pytree_and_starts_as_sgd():
     kernel = metax.kernel.CoordinatewiseKernel(hidden_sizes=(8,), step_size=0.05)
     mlp = {"w": jnp.ones((3, 2)), "b": jnp.zeros((2,)), "scale": jnp.ones(())}
     other = {"conv": jnp.ones((2, 2, 1, 4))}
-    theta = kernel.init(jax.random.PRNGKey(0), mlp)
+    grads = jax.tree_util.tree_map(lambda p: jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) - 2.0, mlp)
+
+    # Everything in one compiled program (eagerly, each op compiled alone).
+    @jax.jit
+    def outputs():
+        theta = kernel.init(jax.random.PRNGKey(0), mlp)
+        optimizer = kernel.optimizer(theta)
+        updates, state = optimizer.update(grads, optimizer.init(mlp), mlp)
+        # A non-zero output scale lets the network act on the same params.
+        scaled = {**theta, "~": {**theta["~"], "output_scale": jnp.asarray(0.3)}}
+        moved = kernel.optimizer(scaled).update(grads, kernel.optimizer(scaled).init(mlp), mlp)[0]
+        return theta, kernel.init(jax.random.PRNGKey(0), other), updates, state, moved
+
+    theta, theta_other, updates, state, moved = outputs()
     # One theta, shared by every coordinate, whatever the params' shapes.
     shapes = jax.tree_util.tree_map(jnp.shape, theta)
-    assert shapes == jax.tree_util.tree_map(jnp.shape, kernel.init(jax.random.PRNGKey(0), other))
-    grads = jax.tree_util.tree_map(lambda p: jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) - 2.0, mlp)
-    optimizer = kernel.optimizer(theta)
-    state = optimizer.init(mlp)
-    updates, state = optimizer.update(grads, state, mlp)
+    assert shapes == jax.tree_util.tree_map(jnp.shape, theta_other)
     assert jax.tree_util.tree_map(lambda u: (u.shape, u.dtype), updates) == jax.tree_util.tree_map(lambda p: (p.shape, p.dtype), mlp)
     for u, g in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(grads)):
         np.testing.assert_allclose(u, -0.05 * g, rtol=1e-6)
     assert int(state.count) == 1 and len(state.momenta) == 3
     np.testing.assert_allclose(state.momenta[0]["w"], 0.5 * grads["w"], rtol=1e-6)  # decay 0.5
-    # A non-zero output scale lets the network act on the same params.
-    theta = jax.tree_util.tree_map(lambda x: x, theta)
-    theta = {**theta, "~": {**theta["~"], "output_scale": jnp.asarray(0.3)}}
-    moved = kernel.optimizer(theta).update(grads, kernel.optimizer(theta).init(mlp), mlp)[0]
     assert float(jnp.max(jnp.abs(moved["w"] + 0.05 * grads["w"]))) > 1e-3
 
 
