@@ -24,14 +24,16 @@ def make(algorithm="Open_ES", kwargs=None, **extra):
 SAMPLE_TASK = metax.data.make_task_sampler("sinusoid", 10, 10)
 
 
+# CMA-ES halves the loss in 100 generations already (its generations cost most of the
+# test's time, its covariance update and eigendecomposition each); Open-ES takes 200.
 @pytest.mark.parametrize(
-    "algorithm, kwargs",
+    "algorithm, kwargs, generations",
     [
-        ("Open_ES", {"population_size": 16, "sigma_init": 0.1, "optimizer": optax.adam(0.05)}),
-        ("CMA_ES", {"population_size": 16, "sigma_init": 0.2}),
+        ("Open_ES", {"population_size": 16, "sigma_init": 0.1, "optimizer": optax.adam(0.05)}, 200),
+        ("CMA_ES", {"population_size": 16, "sigma_init": 0.2}, 100),
     ],
 )
-def test_strategy_halves_the_outer_loss_within_200_generations(algorithm, kwargs):
+def test_strategy_halves_the_outer_loss_within_200_generations(algorithm, kwargs, generations):
     learner = make(algorithm, kwargs)
     stream = metax.data.MetaBatchStream(SAMPLE_TASK, 16, jax.random.PRNGKey(0))
     held_out = metax.data.sample_metabatch(jax.random.PRNGKey(9), SAMPLE_TASK, 200)
@@ -40,10 +42,11 @@ def test_strategy_halves_the_outer_loss_within_200_generations(algorithm, kwargs
     evaluate = jax.jit(learner.eval, static_argnames="steps")
     before = float(evaluate(jax.random.PRNGKey(2), meta_state, held_out, 5)[1]["loss_outer"])
     update = jax.jit(learner.update)
-    for generation, metabatch in zip(range(200), stream):
+    for generation, metabatch in zip(range(generations), stream):
         meta_state, metrics = update(jax.random.PRNGKey(generation), meta_state, metabatch)
     after = float(evaluate(jax.random.PRNGKey(2), meta_state, held_out, 5)[1]["loss_outer"])
-    # Measured: Open_ES 3.86 -> 1.35, CMA_ES 3.86 -> 0.85 on these seeds.
+    # Measured on these seeds: Open_ES 3.86 -> 1.35 (200 generations; 1.85 after 150),
+    # CMA_ES 3.86 -> 1.46 (100 generations; 1.07 after 200).
     assert after < 0.5 * before, (before, after)
     assert metrics["fitness_best"] <= metrics["loss_outer"]
 

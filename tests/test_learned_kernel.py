@@ -63,19 +63,27 @@ def test_metadynamic_kernel_shapes_dtypes_and_gradient_descent_at_init(dtype):
         z = jax.random.normal(jax.random.PRNGKey(0), (5, 3), dtype)
         g = jax.random.normal(jax.random.PRNGKey(1), (5, 3), dtype)
         plain = kernel_fn()
-        delta = plain.apply(plain.init(jax.random.PRNGKey(2), z, g), z, g)
+        recurrent = kernel_fn(memory_size=4, step_fraction=True, output_scale=0.5)
+
+        # Every init and apply in one compiled program (eagerly, each op compiled alone).
+        @jax.jit
+        def outputs(z, g):
+            delta_plain = plain.apply(plain.init(jax.random.PRNGKey(2), z, g), z, g)
+            psi = recurrent.init(jax.random.PRNGKey(2), z, g, None, 0.0)
+            delta, memory = recurrent.apply(psi, z, g, None, 0.25)
+            delta_later, _ = recurrent.apply(psi, z, g, memory, 0.25)
+            delta_t, _ = recurrent.apply(psi, z, g, None, 0.75)
+            return delta_plain, psi, delta, memory, delta_later, delta_t
+
+        delta, psi, delta_recurrent, memory, delta_later, delta_t = outputs(z, g)
         assert delta.shape == (5, 3) and delta.dtype == dtype
         np.testing.assert_allclose(delta, -0.1 * g, rtol=1e-6)  # moves z along -grad
 
-        recurrent = kernel_fn(memory_size=4, step_fraction=True, output_scale=0.5)
-        psi = recurrent.init(jax.random.PRNGKey(2), z, g, None, 0.0)
         assert all(leaf.dtype == dtype for leaf in jax.tree_util.tree_leaves(psi))
-        delta, memory = recurrent.apply(psi, z, g, None, 0.25)
+        delta = delta_recurrent
         assert delta.shape == (5, 3) and delta.dtype == dtype and memory.shape == (5, 4) and memory.dtype == dtype
         # With a non-zero output scale the network, the memory and t all change the update.
         assert float(jnp.max(jnp.abs(delta + 0.1 * g))) > 1e-3
-        delta_later, _ = recurrent.apply(psi, z, g, memory, 0.25)
-        delta_t, _ = recurrent.apply(psi, z, g, None, 0.75)
         assert float(jnp.max(jnp.abs(delta_later - delta))) > 1e-4 and float(jnp.max(jnp.abs(delta_t - delta))) > 1e-4
 
 
@@ -83,23 +91,28 @@ def test_coordinatewise_kernel_adapts_any_pytree_and_starts_as_sgd():
     kernel = metax.kernel.CoordinatewiseKernel(hidden_sizes=(8,), step_size=0.05)
     mlp = {"w": jnp.ones((3, 2)), "b": jnp.zeros((2,)), "scale": jnp.ones(())}
     other = {"conv": jnp.ones((2, 2, 1, 4))}
-    theta = kernel.init(jax.random.PRNGKey(0), mlp)
+    grads = jax.tree_util.tree_map(lambda p: jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) - 2.0, mlp)
+
+    # Everything in one compiled program (eagerly, each op compiled alone).
+    @jax.jit
+    def outputs():
+        theta = kernel.init(jax.random.PRNGKey(0), mlp)
+        optimizer = kernel.optimizer(theta)
+        updates, state = optimizer.update(grads, optimizer.init(mlp), mlp)
+        # A non-zero output scale lets the network act on the same params.
+        scaled = {**theta, "~": {**theta["~"], "output_scale": jnp.asarray(0.3)}}
+        moved = kernel.optimizer(scaled).update(grads, kernel.optimizer(scaled).init(mlp), mlp)[0]
+        return theta, kernel.init(jax.random.PRNGKey(0), other), updates, state, moved
+
+    theta, theta_other, updates, state, moved = outputs()
     # One theta, shared by every coordinate, whatever the params' shapes.
     shapes = jax.tree_util.tree_map(jnp.shape, theta)
-    assert shapes == jax.tree_util.tree_map(jnp.shape, kernel.init(jax.random.PRNGKey(0), other))
-    grads = jax.tree_util.tree_map(lambda p: jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) - 2.0, mlp)
-    optimizer = kernel.optimizer(theta)
-    state = optimizer.init(mlp)
-    updates, state = optimizer.update(grads, state, mlp)
+    assert shapes == jax.tree_util.tree_map(jnp.shape, theta_other)
     assert jax.tree_util.tree_map(lambda u: (u.shape, u.dtype), updates) == jax.tree_util.tree_map(lambda p: (p.shape, p.dtype), mlp)
     for u, g in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(grads)):
         np.testing.assert_allclose(u, -0.05 * g, rtol=1e-6)
     assert int(state.count) == 1 and len(state.momenta) == 3
     np.testing.assert_allclose(state.momenta[0]["w"], 0.5 * grads["w"], rtol=1e-6)  # decay 0.5
-    # A non-zero output scale lets the network act on the same params.
-    theta = jax.tree_util.tree_map(lambda x: x, theta)
-    theta = {**theta, "~": {**theta["~"], "output_scale": jnp.asarray(0.3)}}
-    moved = kernel.optimizer(theta).update(grads, kernel.optimizer(theta).init(mlp), mlp)[0]
     assert float(jnp.max(jnp.abs(moved["w"] + 0.05 * grads["w"]))) > 1e-3
 
 
@@ -230,11 +243,13 @@ def test_es_estimate_matches_backprop_of_the_segment_objective(float64, estimato
                     total += es.query_energy(jax.random.PRNGKey(0), state, meta_state.hstate, params, hp, task.test)[0]
         return total / (2 * steps // unroll)
 
-    reference = np.asarray(jax.jit(jax.grad(objective))(flat))
+    # Value and gradient in one compiled program (jitting each apart compiled it twice).
+    objective_value, reference = jax.jit(jax.value_and_grad(objective))(flat)
+    reference = np.asarray(reference)
     cosine = estimate @ reference / (np.linalg.norm(estimate) * np.linalg.norm(reference))
     assert cosine > 0.97, cosine
     assert abs(np.linalg.norm(estimate) / np.linalg.norm(reference) - 1) < 0.15
-    np.testing.assert_allclose(float(metrics["loss_outer_segments"]), float(jax.jit(objective)(flat)), rtol=1e-3)
+    np.testing.assert_allclose(float(metrics["loss_outer_segments"]), float(objective_value), rtol=1e-3)
 
 
 # -- the seed's claim on a toy with a known optimum --------------------------------------------

@@ -94,7 +94,8 @@ def test_update_averages_per_task_meta_gradients_and_jit_matches_eager():
     new_state_jit, metrics_jit = jax.jit(learner.update)(rng, meta_state, batch)
 
     rngs = jax.random.split(rng, 4)
-    per_task = [learner.grad(rngs[i], meta_state.hstate, meta_state.hparams, one_task(batch, i)) for i in range(4)]
+    grad = jax.jit(learner.grad)  # one program for the four tasks (eagerly, each op compiles alone)
+    per_task = [grad(rngs[i], meta_state.hstate, meta_state.hparams, one_task(batch, i)) for i in range(4)]
     mean_grad = jax.tree_util.tree_map(lambda *g: sum(g) / 4, *[g for g, _, _ in per_task])
     expected = jax.tree_util.tree_map(lambda h, g: h - g, meta_state.hparams, mean_grad)
 
@@ -124,17 +125,24 @@ def test_adapt_reduces_inner_loss_and_extra_metrics_are_exact():
     task = one_task(sinusoid_batch(11, 1, shots_train=20))
     meta_state = learner.reset(jax.random.PRNGKey(12), task.train.x)
     params, state = learner.meta_model.reset_params(jax.random.PRNGKey(0), meta_state.hparams, meta_state.hstate, task.train.x)
-    (state, adapted), metrics = learner.adapt(
-        jax.random.PRNGKey(0), state, meta_state.hstate, params, meta_state.hparams, task.train, 20
-    )
+    plain = make_maml(20, lr=0.05)
     apply = learner.meta_model.base_learner.apply
-    mse = lambda w: float(jnp.mean((apply(w, {}, None, task.train.x, True)[0] - task.train.y) ** 2))
-    np.testing.assert_allclose(metrics["loss_inner_init"], mse(params.base_learner), rtol=1e-5)
-    np.testing.assert_allclose(metrics["loss_inner_final"], mse(adapted.base_learner), rtol=1e-5)
+    mse = lambda w: jnp.mean((apply(w, {}, None, task.train.x, True)[0] - task.train.y) ** 2)
+
+    # Both loops and the reference losses in one compiled program (eagerly, each op compiles alone).
+    @jax.jit
+    def adapt_both(state, params):
+        (state, adapted), metrics = learner.adapt(
+            jax.random.PRNGKey(0), state, meta_state.hstate, params, meta_state.hparams, task.train, 20
+        )
+        _, plain_metrics = plain.adapt(jax.random.PRNGKey(0), state, meta_state.hstate, params, meta_state.hparams, task.train, 20)
+        return metrics, plain_metrics, mse(params.base_learner), mse(adapted.base_learner)
+
+    metrics, plain_metrics, mse_init, mse_adapted = adapt_both(state, params)
+    np.testing.assert_allclose(metrics["loss_inner_init"], mse_init, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss_inner_final"], mse_adapted, rtol=1e-5)
     assert metrics["loss_inner_final"] < 0.9 * metrics["loss_inner_init"]
     # Without extra_metrics no extra pass is made and no final metric is reported.
-    plain = make_maml(20, lr=0.05)
-    _, plain_metrics = plain.adapt(jax.random.PRNGKey(0), state, meta_state.hstate, params, meta_state.hparams, task.train, 20)
     assert set(plain_metrics) == {"loss_inner_init", "nonfinite_inner"}
     assert int(plain_metrics["nonfinite_inner"]) == 0
 
@@ -145,20 +153,24 @@ def test_minibatch_inner_loop_uses_random_subsets():
     mini = make_maml(1, lr=0.1, batch_size=3)
     meta_state = full.reset(jax.random.PRNGKey(14), task.train.x)
     params, state = full.meta_model.reset_params(jax.random.PRNGKey(0), meta_state.hparams, meta_state.hstate, task.train.x)
-    args = (state, meta_state.hstate, params, meta_state.hparams, task.train, 1)
-    (_, p_full), _ = full.adapt(jax.random.PRNGKey(0), *args)
-    (_, p_a), _ = mini.adapt(jax.random.PRNGKey(0), *args)
-    (_, p_b), _ = mini.adapt(jax.random.PRNGKey(1), *args)
-    flat = lambda tree: np.asarray(ravel_pytree(tree)[0])
-    assert not np.allclose(flat(p_full), flat(p_a))
-    assert not np.allclose(flat(p_a), flat(p_b))
+    args = (state, meta_state.hstate, params, meta_state.hparams)
+
+    # All four loops in one compiled program (eagerly, each op compiles alone).
+    @jax.jit
+    def adapted_params(subset):
+        adapt = lambda learner, key, data: learner.adapt(jax.random.PRNGKey(key), *args, data, 1)[0][1]
+        return adapt(full, 0, task.train), adapt(mini, 0, task.train), adapt(mini, 1, task.train), adapt(full, 0, subset)
+
     # A minibatch step equals a full-batch step on the chosen subset: the gradient of the
     # mean over 3 samples lies in the span of per-sample gradients, so check one concrete
     # case by re-deriving the subset from the same key.
     rng_step = jax.random.split(jax.random.split(jax.random.PRNGKey(0))[0], 1)[0]
     rng_batch, _ = jax.random.split(rng_step)
     subset = metax.data.get_batch(rng_batch, task.train, 3)
-    (_, p_subset), _ = full.adapt(jax.random.PRNGKey(0), state, meta_state.hstate, params, meta_state.hparams, subset, 1)
+    p_full, p_a, p_b, p_subset = adapted_params(subset)
+    flat = lambda tree: np.asarray(ravel_pytree(tree)[0])
+    assert not np.allclose(flat(p_full), flat(p_a))
+    assert not np.allclose(flat(p_a), flat(p_b))
     np.testing.assert_allclose(flat(p_a), flat(p_subset), rtol=1e-6)
 
 
@@ -245,29 +257,42 @@ def test_first_order_classification_by_hand(float64):
     flat = lambda tree: np.asarray(ravel_pytree(tree)[0])
     xent = metax.energy.CrossEntropy()
 
+    # Each case's meta-gradient and its hand-written reference in one compiled program
+    # (run eagerly, the reference compiled every op on its own).
     net = tiny_mlp((5,), ways)
     full = metax.module.LearnedInit(xent, xent, base_learner=net)
     for k in (0, steps):
         learner = make_maml(k, first_order=True, lr=lr, meta_model=full)
         meta_state = learner.reset(keys[2], task.train.x)
-        hgrads = jax.jit(learner.grad)(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
-        forward = lambda w, x: net.apply(w, meta_state.hstate.base_learner, None, x, True)[0]
-        weights = meta_state.hparams.base_learner_init
-        for _ in range(k):
-            weights = sgd(weights, jax.grad(lambda w: ce(forward(w, task.train.x), task.train.y))(weights))
-        expected = jax.grad(lambda w: ce(forward(w, task.test.x), task.test.y))(weights)
+
+        @jax.jit
+        def meta_gradient_and_reference(meta_state):
+            hgrads = learner.grad(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
+            forward = lambda w, x: net.apply(w, meta_state.hstate.base_learner, None, x, True)[0]
+            weights = meta_state.hparams.base_learner_init
+            for _ in range(k):
+                weights = sgd(weights, jax.grad(lambda w: ce(forward(w, task.train.x), task.train.y))(weights))
+            return hgrads, jax.grad(lambda w: ce(forward(w, task.test.x), task.test.y))(weights)
+
+        hgrads, expected = meta_gradient_and_reference(meta_state)
         np.testing.assert_allclose(flat(hgrads), flat(expected), rtol=1e-10, atol=1e-12)
 
     body = tiny_mlp((5,), 4)
     anil = metax.module.AlmostNoInnerLoop(xent, xent, body=body, output_dim=ways)
     learner = make_maml(steps, first_order=True, lr=lr, meta_model=anil)
     meta_state = learner.reset(keys[2], task.train.x)
-    hgrads = jax.jit(learner.grad)(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
-    features = lambda b, x: body.apply(b, meta_state.hstate.body, None, x, True)[0]
-    logits = lambda b, head, x: features(b, x) @ head["head"]["w"] + head["head"]["b"]
-    head = meta_state.hparams.head_init
-    for _ in range(steps):
-        head = sgd(head, jax.grad(lambda h: ce(logits(meta_state.hparams.body, h, task.train.x), task.train.y))(head))
-    body_grad, head_grad = jax.grad(lambda b, h: ce(logits(b, h, task.test.x), task.test.y), argnums=(0, 1))(meta_state.hparams.body, head)
+
+    @jax.jit
+    def anil_meta_gradient_and_reference(meta_state):
+        hgrads = learner.grad(keys[2], meta_state.hstate, meta_state.hparams, task)[0]
+        features = lambda b, x: body.apply(b, meta_state.hstate.body, None, x, True)[0]
+        logits = lambda b, head, x: features(b, x) @ head["head"]["w"] + head["head"]["b"]
+        head = meta_state.hparams.head_init
+        for _ in range(steps):
+            head = sgd(head, jax.grad(lambda h: ce(logits(meta_state.hparams.body, h, task.train.x), task.train.y))(head))
+        test_loss = lambda b, h: ce(logits(b, h, task.test.x), task.test.y)
+        return hgrads, jax.grad(test_loss, argnums=(0, 1))(meta_state.hparams.body, head)
+
+    hgrads, (body_grad, head_grad) = anil_meta_gradient_and_reference(meta_state)
     np.testing.assert_allclose(flat(hgrads.body), flat(body_grad), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(flat(hgrads.head_init), flat(head_grad), rtol=1e-10, atol=1e-12)
