@@ -22,16 +22,13 @@ def _mlp(sizes, name="mlp", **kwargs):
         net = MultilayerPerceptron(sizes, b_init=B_INIT, name=name, **kwargs)
         return net(x, is_training, gain=gain, shift=shift, skip_readout=skip_readout)
 
-    return _jitted(hk.transform_with_state(forward))
+    return _jitted(hk.transform_with_state(forward), static_argnames="skip_readout")
 
 
-def _jitted(net):
-    """`net` with compiled init and apply (is_training and skip_readout static): run
+def _jitted(net, **static):
+    """`net` with compiled init and apply (is_training and `static` names static): run
     eagerly, every op of a call compiles on its own, which costs seconds per test."""
-    return hk.TransformedWithState(
-        jax.jit(net.init, static_argnums=2),
-        jax.jit(net.apply, static_argnums=4, static_argnames="skip_readout"),
-    )
+    return hk.TransformedWithState(jax.jit(net.init, static_argnums=2), jax.jit(net.apply, static_argnums=4, **static))
 
 
 def _layers(params, prefix, count):
