@@ -128,21 +128,30 @@ def test_auto_is_shifted_on_cpu_and_names_are_checked():
 
 def test_module_has_hk_conv2d_parameters_and_values():
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 5, 3))
-    for stride in (1, 2):
-        ours = hk.transform(lambda x: metax.models.Conv2D(4, 3, stride=stride, name="conv")(x))
-        theirs = hk.transform(lambda x: hk.Conv2D(4, 3, stride=stride, name="conv")(x))
-        params = ours.init(jax.random.PRNGKey(0), x)
-        expected = theirs.init(jax.random.PRNGKey(0), x)
+
+    @jax.jit  # both strides, both modules in one program: eagerly every op compiles on its own
+    def both(x):
+        out = []
+        for stride in (1, 2):
+            ours = hk.transform(lambda x: metax.models.Conv2D(4, 3, stride=stride, name="conv")(x))
+            theirs = hk.transform(lambda x: hk.Conv2D(4, 3, stride=stride, name="conv")(x))
+            params, expected = ours.init(jax.random.PRNGKey(0), x), theirs.init(jax.random.PRNGKey(0), x)
+            shifted = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # a nonzero bias
+            out.append((params, expected, ours.apply(shifted, None, x), theirs.apply(shifted, None, x)))
+        return out
+
+    for params, expected, got, want in both(x):
         assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)  # names: conv/w, conv/b
         jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)  # shapes and initial values
-        params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # a nonzero bias
-        assert_close(ours.apply(params, None, x), theirs.apply(params, None, x), jnp.float32)
+        assert_close(got, want, jnp.float32)
 
 
 def _conv4_meta_grad(conv_impl, dtype):
     """MAML's second-order meta-gradient for one task (one inner SGD step) through Conv4,
     written out with `jax.grad`: a small program, since compiling is what costs here (the
-    learners' own meta-gradients are checked in test_maml and test_learners_ground_truth)."""
+    learners' own meta-gradients are checked in test_maml and test_learners_ground_truth).
+    To be called under `jax.jit`, initialisation included (eagerly, every op of Conv4's
+    init compiles on its own)."""
     net = hk.transform_with_state(
         lambda x, is_training: metax.models.Conv4(2, readout=2, name="net", conv_impl=conv_impl)(x, is_training)
     )
@@ -159,13 +168,12 @@ def _conv4_meta_grad(conv_impl, dtype):
         grads = jax.grad(loss)(params, xs, ys)
         return loss(jax.tree_util.tree_map(lambda p, g: p - 0.4 * g, params, grads), xq, yq)
 
-    return jax.jit(jax.grad(meta_loss))(params)
+    return jax.grad(meta_loss)(params)
 
 
 def test_maml_meta_gradient_through_conv4_unchanged():
     # Strides and paddings are covered above; this checks the wiring through Conv4.
-    with x64():
-        fast = _conv4_meta_grad("auto", jnp.float64)  # "shifted" on CPU
-        plain = _conv4_meta_grad("xla", jnp.float64)
+    with x64():  # both in one compiled program
+        fast, plain = jax.jit(lambda: (_conv4_meta_grad("auto", jnp.float64), _conv4_meta_grad("xla", jnp.float64)))()
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(plain)) > 1e-3  # not trivially zero
     assert_close(fast, plain, jnp.float64)

@@ -272,7 +272,7 @@ def test_family_ids_are_uniform_and_labels_consistent(family_batch):
 def test_quadratic_family_is_rescaled_to_unit_range():
     grid = jnp.linspace(-5.0, 5.0, 4001)[:, None]
     keys = jax.random.split(jax.random.PRNGKey(7), 64)
-    values = np.asarray(jax.vmap(lambda k: tasks_mod._quadratic(k, grid))(keys))[..., 0]
+    values = np.asarray(jax.jit(jax.vmap(lambda k: tasks_mod._quadratic(k, grid)))(keys))[..., 0]  # eagerly: a compile per op
     assert np.all(values <= 1 + 1e-5) and np.all(values >= -1 - 1e-5)
     np.testing.assert_allclose(values.max(axis=1), 1.0, atol=1e-3)
     np.testing.assert_allclose(values.min(axis=1), -1.0, atol=1e-3)
@@ -342,10 +342,11 @@ def test_metabatch_stream_values_and_determinism():
     # Batches differ from one another; batch i is the vmapped sampler at fold_in(rng, i).
     assert not np.allclose(first[0].train.x, first[1].train.x)
     assert not np.allclose(first[1].train.x, first[2].train.x)
-    direct = _np(sample_metabatch(jax.random.fold_in(rng, 2), _line_task, 4))
+    # Compiled, as the stream's sampler is (eagerly, a compile per op costs seconds).
+    direct = _np(jax.jit(lambda key: sample_metabatch(key, _line_task, 4))(jax.random.fold_in(rng, 2)))
     np.testing.assert_allclose(first[2].train.y, direct.train.y, rtol=1e-6)
     # Attributes.
-    np.testing.assert_array_equal(np.asarray(stream.sample_input), np.asarray(_line_task(rng).train.x))
+    np.testing.assert_array_equal(np.asarray(stream.sample_input), np.asarray(jax.jit(_line_task)(rng).train.x))
     assert stream.sample_input.shape == (3, 1)
     assert stream.input_shape == (1,)
     assert stream.output_dim == 1

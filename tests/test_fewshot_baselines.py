@@ -84,9 +84,9 @@ def test_pretraining_fits_softmax_regression_and_finetuning_fits_a_new_head(digi
     identity = hk.transform_with_state(lambda x, is_training: x.reshape(x.shape[0], -1))
     batch = jax.jit(digits.batch_sampler("train", batch_size=64))(jax.random.PRNGKey(2))
     classes = digits.num_classes("train")
-    start = metax.learner.init_classifier(
-        jax.random.PRNGKey(3), batch.x, body=identity, num_classes=classes, optimizer=optax.sgd(LR)
-    )
+    start = jax.jit(lambda key, x: metax.learner.init_classifier(  # eagerly: a compile per op
+        key, x, body=identity, num_classes=classes, optimizer=optax.sgd(LR)
+    ))(jax.random.PRNGKey(3), batch.x)
     trained, losses = jax.jit(lambda key, c: metax.learner.train_classifier(
         key, c, lambda _: batch, body=identity, steps=STEPS, optimizer=optax.sgd(LR)
     ))(jax.random.PRNGKey(4), start)
@@ -100,7 +100,9 @@ def test_pretraining_fits_softmax_regression_and_finetuning_fits_a_new_head(digi
     projection = hk.transform_with_state(
         lambda x, is_training: hk.Linear(5, with_bias=False, name="proj")(x.reshape(x.shape[0], -1))
     )
-    body = metax.learner.init_classifier(jax.random.PRNGKey(5), batch.x, body=projection, num_classes=2, optimizer=optax.sgd(LR))
+    body = jax.jit(lambda key, x: metax.learner.init_classifier(
+        key, x, body=projection, num_classes=2, optimizer=optax.sgd(LR)
+    ))(jax.random.PRNGKey(5), batch.x)
     tasks = draw_tasks(digits.sampler("test", ways=4, shots=3, queries=2), 2, 6)
     metrics = jax.jit(lambda key, t, c: metax.learner.finetune_head(
         key, t, c, body=projection, ways=4, steps=STEPS, optimizer=optax.sgd(LR)
@@ -127,7 +129,8 @@ def test_maml_beats_training_from_scratch_on_held_out_digits(digits):
     start = time.time()
     meta_state = learner.reset(jax.random.PRNGKey(2), stream.sample_input)
     update = jax.jit(learner.update)
-    for step in range(200):
+    # 100 meta-steps: measured accuracy 0.754 vs 0.587 from scratch (0.755 after 200).
+    for step in range(100):
         meta_state, _ = update(jax.random.fold_in(jax.random.PRNGKey(3), step), meta_state, stream.batch(step))
     _, maml = jax.jit(learner.eval, static_argnames=("steps", "per_task"))(
         jax.random.PRNGKey(4), meta_state, held_out, steps, per_task=True

@@ -98,7 +98,7 @@ def test_reptile_one_sgd_step_is_lr_times_inner_gradient(float64):
     lr = 0.05
     learner = metax.learner.Reptile(ridge_module(reg_strength=None), None, 1, optax.sgd(lr), optax.sgd(1.0))
     meta_state = learner.reset(jax.random.PRNGKey(0), task.train.x)
-    hgrads, _, _ = learner.grad(jax.random.PRNGKey(1), meta_state.hstate, meta_state.hparams, task)
+    hgrads, _, _ = jax.jit(learner.grad)(jax.random.PRNGKey(1), meta_state.hstate, meta_state.hparams, task)
     # Reptile adapts on support and query together.
     x = np.concatenate([task.train.x, task.test.x])
     y = np.concatenate([task.train.y, task.test.y])
@@ -114,8 +114,10 @@ def test_buffered_reptile_sums_partial_gradients_of_non_init_hparams(float64):
     args = (ridge_module(), None, 5, optax.sgd(0.05), optax.sgd(1.0))
     plain, buffered = metax.learner.Reptile(*args), metax.learner.BufferedReptile(*args)
     meta_state = plain.reset(jax.random.PRNGKey(0), task.train.x)
-    g_plain = plain.grad(jax.random.PRNGKey(1), meta_state.hstate, meta_state.hparams, task)[0]
-    g_buffered = buffered.grad(jax.random.PRNGKey(1), meta_state.hstate, meta_state.hparams, task)[0]
+    g_plain, g_buffered = jax.jit(lambda key: (  # one program; eagerly every op compiles on its own
+        plain.grad(key, meta_state.hstate, meta_state.hparams, task)[0],
+        buffered.grad(key, meta_state.hstate, meta_state.hparams, task)[0],
+    ))(jax.random.PRNGKey(1))
     np.testing.assert_allclose(theta_of(g_plain), theta_of(g_buffered), rtol=1e-12)
 
 

@@ -22,7 +22,13 @@ def _mlp(sizes, name="mlp", **kwargs):
         net = MultilayerPerceptron(sizes, b_init=B_INIT, name=name, **kwargs)
         return net(x, is_training, gain=gain, shift=shift, skip_readout=skip_readout)
 
-    return hk.transform_with_state(forward)
+    return _jitted(hk.transform_with_state(forward), static_argnames="skip_readout")
+
+
+def _jitted(net, **static):
+    """`net` with compiled init and apply (is_training and `static` names static): run
+    eagerly, every op of a call compiles on its own, which costs seconds per test."""
+    return hk.TransformedWithState(jax.jit(net.init, static_argnums=2), jax.jit(net.apply, static_argnums=4, **static))
 
 
 def _layers(params, prefix, count):
@@ -137,7 +143,7 @@ def test_mlp_invalid_output_sizes(sizes):
 
 
 def test_mlp_fn_builds_stated_sizes():
-    net = mlp_fn([7, 5], output_dim=2, b_init=B_INIT)
+    net = _jitted(mlp_fn([7, 5], output_dim=2, b_init=B_INIT))
     x = jax.random.normal(jax.random.PRNGKey(4), (6, 3))
     params, state = net.init(KEY, x, False)
     layers = _layers(params, "multilayer_perceptron", 3)
@@ -161,14 +167,20 @@ def test_conv4_readout_and_state():
     full = hk.transform_with_state(lambda x, t: forward(x, t, 5))
     trunk = hk.transform_with_state(lambda x, t: forward(x, t, None))
     x = jax.random.normal(jax.random.PRNGKey(5), (2, 28, 28, 1))
-    params, state = full.init(KEY, x, True)
+
+    @jax.jit  # one program: eagerly every op of Conv4 compiles on its own (measured 8.9 -> 4.2 CPU s)
+    def run(x):
+        params, state = full.init(KEY, x, True)
+        out, new_state = full.apply(params, state, None, x, True)
+        trunk_params = {k: v for k, v in params.items() if "readout" not in k}
+        features, _ = trunk.apply(trunk_params, state, None, x, True)
+        return params, state, out, new_state, features
+
+    params, state, out, new_state, features = run(x)
     norm_states = [k for k in state if "/norm/" in k]
     assert len(norm_states) == 8  # mean and var EMA for each of the four blocks
-    out, new_state = full.apply(params, state, None, x, True)
     assert out.shape == (2, 5)
     # 28 -> 14 -> 7 -> 4 -> 2 after four SAME 2x2 max-pools: 2 * 2 * channels features.
-    trunk_params = {k: v for k, v in params.items() if "readout" not in k}
-    features, _ = trunk.apply(trunk_params, state, None, x, True)
     assert features.shape == (2, 2 * 2 * channels)
     assert np.min(features) >= 0  # ReLU then max-pool
     readout = params["net/readout"]
@@ -189,10 +201,14 @@ def test_conv4_unit_gain_and_zero_shift_are_identity():
     ones, zeros = [jnp.ones(8)] * 4, [jnp.zeros(8)] * 4
     plain = hk.transform_with_state(lambda x: Conv4(channels=8, readout=5, name="net")(x, True))
     hooked = hk.transform_with_state(lambda x: Conv4(channels=8, readout=5, name="net")(x, True, ones, zeros))
+
+    @jax.jit  # one program, not one per op
+    def run(x):
+        params, state = plain.init(KEY, x)
+        hooked_params, _ = hooked.init(KEY, x)
+        return hooked_params, hooked.apply(params, state, None, x)[0], plain.apply(params, state, None, x)[0]
+
     # Call-time gains/shifts replace batch norm's own scale/offset (initialised to 1 / 0).
-    params, state = plain.init(KEY, x)
-    hooked_params, _ = hooked.init(KEY, x)
+    hooked_params, out, expected = run(x)
     assert not any("scale" in leaf for module in hooked_params.values() for leaf in module)
-    out, _ = hooked.apply(params, state, None, x)
-    expected, _ = plain.apply(params, state, None, x)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
