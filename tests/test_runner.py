@@ -201,8 +201,18 @@ class ScaledMAML(metax.learner.MetaLearner):
 '''
 
 
-def test_a_plugin_learner_runs_from_a_config_and_shows_in_list(tmp_path, capsys):
+@pytest.fixture
+def plugin_name():
+    """A learner name the plugin registers, taken out of the process's registry afterwards
+    (left there, it would show in the every-config-for-every-learner check run later by
+    the same worker)."""
     name = f"plugin_maml_{os.getpid()}"
+    yield name
+    metax.experiment.registry("learners")._entries.pop(name, None)
+
+
+def test_a_plugin_learner_runs_from_a_config_and_shows_in_list(tmp_path, capsys, plugin_name):
+    name = plugin_name
     (tmp_path / "my_learner.py").write_text(PLUGIN.replace("{name}", name))
     config = TINY.replace("name: maml", f"name: {name}\n  scale: 0.0") + "plugins: [my_learner.py]\n"
     path = write(tmp_path / "plugged.yaml", config)

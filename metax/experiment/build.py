@@ -117,7 +117,7 @@ def trace(experiment: Experiment) -> None:
     """
     learner = experiment.learner
     config = experiment.config
-    from metax.experiment.loop import _mesh, watched_metrics
+    from metax.experiment.loop import _mesh, jitted_update, watched_metrics
 
     _mesh(config.train.devices, config.train.meta_batch_size)  # device count and split, before any run
     try:
@@ -128,7 +128,8 @@ def trace(experiment: Experiment) -> None:
         check_fits_memory(batch, config.train.meta_batch_size, config.eval.tasks)
         sample_input = jax.ShapeDtypeStruct(batch.train.x.shape[1:], batch.train.x.dtype)
         meta_state = jax.eval_shape(learner.reset, jax.random.PRNGKey(0), sample_input)
-        metrics = jax.eval_shape(learner.update, jax.random.PRNGKey(0), meta_state, batch)[1]
+        # Through the runner's jitted update: the run's own trace of it is then a cache hit.
+        metrics = jax.eval_shape(jitted_update(learner), jax.random.PRNGKey(0), meta_state, batch)[1]
         watched_metrics(metrics, config.train.check_finite)  # the names `run` checks, checked by `validate` too
         if config.train.tensorboard:  # its package, before `run` starts
             from metax.experiment.actions import summary_writer_class

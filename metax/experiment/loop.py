@@ -142,6 +142,24 @@ def peak_memory_mib() -> dict:
     return peak
 
 
+def jitted_update(learner: MetaLearner) -> Callable:
+    """`jax.jit(learner.update)`, one object per learner: JAX caches a trace per jitted
+    object, so the config check before a run (`metax.experiment.build.trace`) and the
+    runner's compilation share one trace of `update` instead of tracing it twice.
+
+    Example:
+      >>> learner = metax.learner.ModelAgnosticMetaLearning(meta_model, None, 1, optax.sgd(0.01), optax.adam(1e-3))
+      >>> metax.experiment.loop.jitted_update(learner) is metax.experiment.loop.jitted_update(learner)
+      True
+    """
+    # Kept on the learner (a plain reference cycle the garbage collector frees with it),
+    # not in a module-level table that would keep every learner and its compilations alive.
+    jitted = learner.__dict__.get("_jitted_update")
+    if jitted is None:
+        jitted = learner.__dict__["_jitted_update"] = jax.jit(learner.update)
+    return jitted
+
+
 def watched_metrics(metrics: dict, check_finite: Optional[Sequence[str]] = None) -> list[str]:
     """The metrics a run stops on when they turn non-finite: `check_finite` if given (each
     must be one of `metrics`), else the outer loss and meta-gradient norm, or the best

@@ -106,7 +106,7 @@ class Trainer:
         self.sampler_arg = self.sample_task if isinstance(self.sample_task, jax.tree_util.Partial) else None
         self._restore()
         batch_shape = jax.eval_shape(lambda k: sample_metabatch(k, self.sample_task, self.meta_batch_size), self.keys.data)
-        update = jax.jit(self.learner.update)  # traced once: the chunk's call reuses this trace
+        update = loop.jitted_update(self.learner)  # traced once (by `build.trace` too): the chunk reuses it
         probe = jax.eval_shape(update, self.keys.update, self.meta_state, batch_shape)[1]
         self.watch = loop.watched_metrics(probe, self.check_finite)
         self.buffer = self.chunk if self.chunk is not None else min(self.steps, loop.MAX_CHUNK)
