@@ -295,12 +295,17 @@ def test_a_run_folder_plugin_resolves_against_the_folder(finished, tmp_path, mon
 def _wait_for(predicate, child, seconds=120):
     deadline = time.time() + seconds
     while time.time() < deadline and child.poll() is None and not predicate():
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert child.poll() is None, child.communicate()
 
 
+STEPS = 1000
+
+
 def test_sigint_and_sigterm_save_the_stop_and_print_a_command_that_resumes(tmp_path):
-    (tmp_path / "c.yaml").write_text(CONFIG.replace("steps: 4", "steps: 60").replace("chunk: 2", "chunk: 1")
+    # 1,000 steps of ~1-2 ms each: the SIGTERM, sent after the third, must land mid-training (at 60 steps
+    # a fast machine had finished them all before the signal arrived).
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("steps: 4", f"steps: {STEPS}").replace("chunk: 2", "chunk: 1")
                                      .replace("checkpoint_every: 2", "checkpoint_every: 1000"))
     (tmp_path / "spec.yaml").write_text(SWEEP)
     run, sweep = tmp_path / "run", tmp_path / "sweep"
@@ -317,6 +322,7 @@ def test_sigint_and_sigterm_save_the_stop_and_print_a_command_that_resumes(tmp_p
     _, err = child.communicate(timeout=60)
     assert child.returncode == 143, err
     done = len(steps_in(run / "metrics.jsonl"))
+    assert 3 <= done < STEPS, done
     saved = f"{run}/checkpoints/step_{done:09d}.npz"
     assert f"stopped by SIGTERM at meta-step {done}; checkpoint {saved} holds the state" in err, err
     assert os.path.exists(saved)  # the state after the last completed chunk
@@ -326,4 +332,4 @@ def test_sigint_and_sigterm_save_the_stop_and_print_a_command_that_resumes(tmp_p
     command = err.split("continue with: ")[1].strip()
     assert command == f"metax resume {run}"
     assert main(shlex.split(command)[1:] + ["--no-progress", "--no-plots"]) == 0
-    assert steps_in(run / "metrics.jsonl") == list(range(60))
+    assert steps_in(run / "metrics.jsonl") == list(range(STEPS))
