@@ -2,10 +2,13 @@
 
 import argparse
 import json
+import pathlib
+import signal
 
 import pytest
 
 from metax.experiment import refuse_overwrite, write_json_atomic
+from metax.experiment.io import study_folder_problem
 
 
 def test_write_json_atomic_replaces_whole_files_and_keeps_old_ones_on_failure(tmp_path):
@@ -76,3 +79,60 @@ def test_atomic_write_keeps_the_old_file_on_error_and_never_replaces_a_result_wh
     with np.load(path) as data:
         assert data["a"].tolist() == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.npz"]  # no temporary file left
+
+
+def test_study_folder_rule_refuses_what_the_study_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    writes = ("metrics.json", "*.png", "sweep")
+    assert study_folder_problem(str(out), False, writes) is None  # new
+    out.mkdir()
+    assert study_folder_problem(str(out), False, writes) is None  # empty
+    (out / "curve.png").write_text("png")
+    (out / "sweep").mkdir()
+    assert study_folder_problem(str(out), False, writes) is None  # an earlier, unfinished run of the study
+    (out / "metrics.json").write_text("{}")
+    assert "metrics.json exists; pass --overwrite" in study_folder_problem(str(out), False, writes)
+    assert study_folder_problem(str(out), True, writes) is None  # its own result, replaced on request
+    (out / "thesis.tex").write_text("a user's file")
+    for overwrite in (False, True):  # --overwrite never reaches files the study did not write
+        problem = study_folder_problem(str(out), overwrite, writes)
+        assert problem == f"--out {out} holds thesis.tex, which this study did not write; choose a new or empty folder (nothing was changed)"
+    assert "is a file" in study_folder_problem(str(out / "thesis.tex"), True, writes)
+
+
+STUDIES = {  # script: extra arguments it needs to reach its --out check
+    "noisy_inference/run.py": [],
+    "dynamics/run.py": [],
+    "toy_md/run_toy_md.py": [],
+    "fewshot/baselines.py": [],
+    "omniglot/baselines.py": ["--config", "configs/omniglot-maml.yaml"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(STUDIES))
+def test_every_study_script_refuses_a_folder_it_did_not_write(script, tmp_path, capsys):
+    import importlib.util
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(f"study_{script.replace('/', '_')[:-3]}", root / "experiments" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    argv = ["--out", str(out), "--overwrite", *[str(root / a) if a.endswith(".yaml") else a for a in STUDIES[script]]]
+    def too_long(*_):  # a script that fails to refuse starts its whole study: stop it
+        raise TimeoutError(f"{script} did not refuse --out {out}")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(60)
+    try:
+        status = module.main(argv)
+    except SystemExit as error:  # argparse's parser.error
+        status = error.code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert status == 2
+    assert f"--out {out} holds notes.txt, which this study did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep"

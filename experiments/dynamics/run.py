@@ -65,7 +65,7 @@ def parse_args(argv):
     if any(arch in swept for arch in args.held_out):
         parser.error(f"held-out architectures must not be in the sweep: {[a.name for a in args.held_out if a in swept]}")
     args.sweep_dir = args.sweep_dir or os.path.join(args.out, "sweep")
-    refuse_overwrite(parser, args.out, args.overwrite)
+    refuse_overwrite(parser, args.out, args.overwrite, writes=("metrics.json", "dataset.parquet", "*.png", "sweep"))
     return args
 
 

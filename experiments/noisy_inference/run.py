@@ -78,7 +78,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.mnist is not None and not os.path.isdir(args.mnist):
         parser.error(f"--mnist {args.mnist!r} is not a folder")
-    refuse_overwrite(parser, args.out, args.overwrite)
+    refuse_overwrite(parser, args.out, args.overwrite, writes=("metrics.json", "inference_comparison_noisy.png"))
     return args, parser
 
 

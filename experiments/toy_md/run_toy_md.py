@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 if importlib.util.find_spec("metax") is None:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from metax.experiment import write_json_atomic  # noqa: E402
+from metax.experiment.io import study_folder_problem, write_json_atomic  # noqa: E402
 from metax.experiment.plots import pyplot, save_figure  # noqa: E402
 from metax.experiment.signals import run_study  # noqa: E402
 from metax.tilt import (  # noqa: E402
@@ -114,9 +114,9 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], GaussianTilt]:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
     if not args.step_size > 0:
         raise ValueError(f"--step-size must be positive, got {args.step_size:g}")
-    metrics_path = os.path.join(args.out, "metrics.json")
-    if os.path.exists(metrics_path) and not args.overwrite:
-        raise ValueError(f"{metrics_path} exists; pass --overwrite or choose another --out")
+    problem = study_folder_problem(args.out, args.overwrite, ("metrics.json", "*_match_*.png", "anim_*.gif", "*_kl_vs_refresh.png"))
+    if problem is not None:
+        raise ValueError(problem)
     params = TiltParams(**{field: getattr(args, field) for field in TiltParams._fields})
     try:
         validate_params(params, [args.lambda_scale])
