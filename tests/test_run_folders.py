@@ -18,20 +18,10 @@ from metax.experiment import checkpoint as ckpt
 from metax.experiment import plots
 from metax.experiment.cli import main
 from metax.experiment.writers import MetricsWriter
+from conftest import tiny_config
 from test_cli_errors import assert_refused, snapshot
 
-CONFIG = """
-task: {name: sinusoid, shots_train: 5, shots_test: 5}
-model: {name: mlp, hidden_dims: [8]}
-module: {name: learned_init}
-learner:
-  name: maml
-  steps_inner: 1
-  optim_fn_inner: {name: sgd, learning_rate: 0.05}
-  optim_fn_outer: {name: adam, learning_rate: 0.01}
-train: {steps: 4, meta_batch_size: 2, checkpoint_every: 2, chunk: 2}
-eval: {tasks: 2, plot_tasks: 1}
-"""
+CONFIG = tiny_config("{steps: 4, meta_batch_size: 2, checkpoint_every: 2, chunk: 2}", "{tasks: 2, plot_tasks: 1}", steps_inner=1)
 
 SWEEP = """
 dataset: digits
