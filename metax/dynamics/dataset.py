@@ -146,6 +146,26 @@ def epochs_to_target(val_acc_epochs: np.ndarray, target_accuracy: float) -> floa
     return float(hits[0] + 1) if hits.size else float("nan")
 
 
+def example_run(width: int, steps: int = 6) -> RunLog:
+    """A made-up MLP run's logs, as `train_runs` writes them, for examples and tests: every
+    logged feature 1 except a loss falling on a line from 2 to 1 over `steps` steps (two
+    epochs), and validation accuracies 0.5 then 0.95.
+
+    Example:
+      >>> from metax.dynamics.dataset import example_run
+      >>> run = example_run(8)
+      >>> run.run_id, np.round(run.logs["loss"], 2).tolist(), run.val_acc_epochs.tolist()
+      ('mlp-d1-w8-relu-sgd-lr0.1-s0', [2.0, 1.8, 1.6, 1.4, 1.2, 1.0], [0.5, 0.95])
+    """
+    logs = {name: np.ones((steps, 2) if name.endswith("_layers") else steps, np.float32) for name, _, _ in FIELDS}
+    logs.update(loss=np.linspace(2.0, 1.0, steps, dtype=np.float32), epoch=np.repeat([0, 1], steps // 2),
+                kind=np.zeros(steps), activation=np.zeros(steps), optimizer=np.zeros(steps), width=np.full(steps, width))
+    logs["loss_ema"] = logs["loss_ema_slow"] = logs["loss"]
+    config = {"run_id": f"mlp-d1-w{width}-relu-sgd-lr0.1-s0", "kind": "mlp", "depth": 1, "width": width,
+              "activation": "relu", "optimizer": "sgd", "learning_rate": 0.1, "seed": 0}
+    return RunLog(config["run_id"], config, logs, np.array([0.5, 0.95]), np.array([0.5, 0.9]), ("a", "b"))
+
+
 def build_dataset(
     runs: Sequence[RunLog],
     *,
@@ -159,15 +179,9 @@ def build_dataset(
     `dataset_schema(k, target_accuracy)`.
 
     Example:
-      >>> from metax.dynamics import RunLog, build_dataset
-      >>> from metax.dynamics.dataset import FIELDS
-      >>> def fake_run(width, steps=6):  # a run's logs as `train_runs` writes them (here: zeros, a falling loss)
-      ...     logs = {name: np.zeros((steps, 2) if name.endswith("_layers") else steps, np.float32) for name, _, _ in FIELDS}
-      ...     logs["loss"] = np.linspace(2.0, 1.0, steps, dtype=np.float32)
-      ...     config = {"run_id": f"mlp-d1-w{width}-relu-sgd-lr0.1-s0", "kind": "mlp", "depth": 1, "width": width,
-      ...               "activation": "relu", "optimizer": "sgd", "learning_rate": 0.1, "seed": 0}
-      ...     return RunLog(config["run_id"], config, logs, np.array([0.5, 0.95]), np.array([0.5, 0.9]), ("a", "b"))
-      >>> table = build_dataset([fake_run(8), fake_run(16)], k=2, target_accuracy=0.9, val_fraction=0.5)
+      >>> from metax.dynamics import build_dataset
+      >>> from metax.dynamics.dataset import example_run  # a made-up run: a loss falling on a line
+      >>> table = build_dataset([example_run(8), example_run(16)], k=2, target_accuracy=0.9, val_fraction=0.5)
       >>> table.num_rows, sorted(set(table.column("split").to_pylist()))  # 2 runs x 6 steps, one run per side
       (12, ['train', 'val'])
       >>> table.column("loss").to_pylist()[:6]

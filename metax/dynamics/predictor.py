@@ -122,15 +122,9 @@ class Predictor(NamedTuple):
     """Trained weights and the standardisation of inputs and outputs (a pytree).
 
     Example:
-      >>> from metax.dynamics import FEATURE_NAMES, Predictor, PredictorConfig, predict
-      >>> config = PredictorConfig(k=10, target_accuracy=0.9, epochs=5, hidden=(8,))
-      >>> num_features = len(FEATURE_NAMES)
-      >>> net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP((*config.hidden, 3))(x)))  # its network
-      >>> shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
-      >>> predictor = Predictor(jax.tree_util.tree_map(jnp.zeros_like, shapes),  # all-zero weights; fit_predictor trains them
-      ...                       x_mean=jnp.zeros(num_features), x_std=jnp.ones(num_features),
-      ...                       y_mean=jnp.full(3, 2.0), y_std=jnp.ones(3))
-      >>> [leaf.shape for leaf in jax.tree_util.tree_leaves(predictor)]
+      >>> from metax.dynamics import Predictor, PredictorConfig
+      >>> predictor = Predictor.zeros(PredictorConfig(k=10, target_accuracy=0.9, epochs=5, hidden=(8,)))
+      >>> [leaf.shape for leaf in jax.tree_util.tree_leaves(predictor)]  # 22 features, one hidden layer, 3 outputs
       [(8,), (22, 8), (3,), (8, 3), (22,), (22,), (3,), (3,)]
     """
 
@@ -139,6 +133,15 @@ class Predictor(NamedTuple):
     x_std: jax.Array  # (F,)
     y_mean: jax.Array  # (3,)
     y_std: jax.Array  # (3,)
+
+    @classmethod
+    def zeros(cls, config: "PredictorConfig", y_mean: float = 0.0) -> "Predictor":
+        """All-zero weights under identity standardisation: it predicts `y_mean` for every
+        input (an untrained predictor, for examples; `fit_predictor` trains real ones)."""
+        num_features = len(FEATURE_NAMES)
+        shapes = jax.eval_shape(_network(config).init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
+        return cls(jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes),
+                   jnp.zeros(num_features), jnp.ones(num_features), jnp.full(len(OUTPUTS), y_mean), jnp.ones(len(OUTPUTS)))
 
 
 def _network(config: PredictorConfig) -> hk.Transformed:
@@ -153,12 +156,8 @@ def predict(config: PredictorConfig, predictor: Predictor, feats: jax.Array) -> 
     Example:
       >>> from metax.dynamics import FEATURE_NAMES, Predictor, PredictorConfig, predict
       >>> config = PredictorConfig(k=10, target_accuracy=0.9, epochs=5, hidden=(8,))
+      >>> predictor = Predictor.zeros(config, y_mean=2.0)  # untrained: fit_predictor trains one
       >>> num_features = len(FEATURE_NAMES)
-      >>> net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP((*config.hidden, 3))(x)))  # its network
-      >>> shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
-      >>> predictor = Predictor(jax.tree_util.tree_map(jnp.zeros_like, shapes),  # all-zero weights; fit_predictor trains them
-      ...                       x_mean=jnp.zeros(num_features), x_std=jnp.ones(num_features),
-      ...                       y_mean=jnp.full(3, 2.0), y_std=jnp.ones(3))
       >>> predict(config, predictor, jnp.zeros((2, num_features))).tolist()  # 2 steps' features; zero net: y_mean
       [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
     """
@@ -206,17 +205,9 @@ def fit_predictor(
         the whole loop one `lax.scan`.
 
     Example:
-      >>> from metax.dynamics import RunLog, build_dataset, split_tables
-      >>> from metax.dynamics.dataset import FIELDS
-      >>> def fake_run(width, steps=6):  # a run's logs as `train_runs` writes them (here: a falling loss)
-      ...     logs = {name: np.ones((steps, 2) if name.endswith("_layers") else steps, np.float32) for name, _, _ in FIELDS}
-      ...     logs.update(loss=np.linspace(2.0, 1.0, steps, dtype=np.float32), epoch=np.repeat([0, 1], steps // 2),
-      ...                 kind=np.zeros(steps), activation=np.zeros(steps), optimizer=np.zeros(steps), width=np.full(steps, width))
-      ...     logs["loss_ema"] = logs["loss_ema_slow"] = logs["loss"]
-      ...     config = {"run_id": f"mlp-d1-w{width}-relu-sgd-lr0.1-s0", "kind": "mlp", "depth": 1, "width": width,
-      ...               "activation": "relu", "optimizer": "sgd", "learning_rate": 0.1, "seed": 0}
-      ...     return RunLog(config["run_id"], config, logs, np.array([0.5, 0.95]), np.array([0.5, 0.9]), ("a", "b"))
-      >>> table = build_dataset([fake_run(width) for width in (4, 8, 16)], k=2, target_accuracy=0.9, val_fraction=0.34)
+      >>> from metax.dynamics import build_dataset, split_tables
+      >>> from metax.dynamics.dataset import example_run  # a made-up run: a loss falling on a line
+      >>> table = build_dataset([example_run(width) for width in (4, 8, 16)], k=2, target_accuracy=0.9, val_fraction=0.34)
       >>> train, val = split_tables(table)
       >>> from metax.dynamics import fit_predictor
       >>> config, predictor = fit_predictor(train, epochs=2, hidden=(4,), steps=3)  # a real fit uses thousands
@@ -311,25 +302,13 @@ def evaluate_predictor(config: PredictorConfig, predictor: Predictor, table: pa.
       the predictor against the same line, extrapolated to where it meets the target.
 
     Example:
-      >>> from metax.dynamics import RunLog, build_dataset, split_tables
-      >>> from metax.dynamics.dataset import FIELDS
-      >>> def fake_run(width, steps=6):  # a run's logs as `train_runs` writes them (here: a falling loss)
-      ...     logs = {name: np.ones((steps, 2) if name.endswith("_layers") else steps, np.float32) for name, _, _ in FIELDS}
-      ...     logs.update(loss=np.linspace(2.0, 1.0, steps, dtype=np.float32), epoch=np.repeat([0, 1], steps // 2),
-      ...                 kind=np.zeros(steps), activation=np.zeros(steps), optimizer=np.zeros(steps), width=np.full(steps, width))
-      ...     logs["loss_ema"] = logs["loss_ema_slow"] = logs["loss"]
-      ...     config = {"run_id": f"mlp-d1-w{width}-relu-sgd-lr0.1-s0", "kind": "mlp", "depth": 1, "width": width,
-      ...               "activation": "relu", "optimizer": "sgd", "learning_rate": 0.1, "seed": 0}
-      ...     return RunLog(config["run_id"], config, logs, np.array([0.5, 0.95]), np.array([0.5, 0.9]), ("a", "b"))
-      >>> table = build_dataset([fake_run(width) for width in (4, 8, 16)], k=2, target_accuracy=0.9, val_fraction=0.34)
+      >>> from metax.dynamics import build_dataset, split_tables
+      >>> from metax.dynamics.dataset import example_run  # a made-up run: a loss falling on a line
+      >>> table = build_dataset([example_run(width) for width in (4, 8, 16)], k=2, target_accuracy=0.9, val_fraction=0.34)
       >>> train, val = split_tables(table)
-      >>> from metax.dynamics import FEATURE_NAMES, Predictor, PredictorConfig, evaluate_predictor
+      >>> from metax.dynamics import Predictor, PredictorConfig, evaluate_predictor
       >>> config = PredictorConfig(k=2, target_accuracy=0.9, epochs=2, hidden=(4,))  # as fit_predictor(train, ...) returns
-      >>> net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP((*config.hidden, 3))(x)))
-      >>> num_features = len(FEATURE_NAMES)
-      >>> shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, num_features)))
-      >>> predictor = Predictor(jax.tree_util.tree_map(jnp.zeros_like, shapes),  # all-zero weights: untrained
-      ...                       jnp.zeros(num_features), jnp.ones(num_features), jnp.zeros(3), jnp.ones(3))
+      >>> predictor = Predictor.zeros(config)  # untrained
       >>> report = evaluate_predictor(config, predictor, val)
       >>> report["k"], report["runs"], sorted(report["loss_ahead"])
       (2, 1, ['last_ema', 'last_value', 'linear_extrapolation', 'predictor'])
