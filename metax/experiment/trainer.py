@@ -140,7 +140,7 @@ class Trainer:
 
     def _restore(self) -> None:
         """The initial meta-state, or the newest intact checkpoint's when resuming."""
-        sample_input = loop._draw(self.sample_task, self.keys.data).train.x
+        sample_input = loop.sample_input(self.sample_task, self.keys.data)
         self.meta_state = self.learner.reset(self.keys.reset, sample_input)
         self.start = 0
         self.initial_eval = None  # the held-out scores before meta-training ("before" in summaries)
