@@ -50,8 +50,12 @@ def check_output(folder: str, what: str, own: Callable[[str, list[str]], bool], 
         return False
     if own(folder, entries):
         return True
-    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-    raise ConfigError(f"{what} holds {shown}, which is not {kind}; choose a new or empty folder (nothing was changed).")
+    raise ConfigError(f"{what} holds {listing(entries)}, which is not {kind}; choose a new or empty folder (nothing was changed).")
+
+
+def listing(entries: list[str]) -> str:
+    """The first five entries and how many more, for messages that name what a folder holds."""
+    return ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
 
 
 def is_run(folder: str, entries: Optional[list[str]] = None) -> bool:

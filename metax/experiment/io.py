@@ -6,7 +6,7 @@ import fnmatch
 import os
 from typing import Any, Optional, Sequence
 
-from metax.experiment.folders import contents
+from metax.experiment.folders import contents, listing
 from metax.utils.io import atomic_write
 from metax.utils.io import dumps_json
 from metax.utils.io import json_float
@@ -96,8 +96,7 @@ def study_folder_problem(out: str, overwrite: bool, writes: Sequence[str] = ("me
         return f"--out {out} is a file; give a new or empty folder"
     foreign = [entry for entry in contents(out) if not any(fnmatch.fnmatchcase(entry, pattern) for pattern in writes)]
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        return (f"--out {out} holds {shown}, which this study did not write; choose a new or empty folder "
+        return (f"--out {out} holds {listing(foreign)}, which this study did not write; choose a new or empty folder "
                 "(nothing was changed)")
     if os.path.exists(os.path.join(out, result)) and not overwrite:
         return f"{os.path.join(out, result)} exists; pass --overwrite or choose another --out"
